@@ -1,0 +1,60 @@
+"""The one event type that flows through the pipeline.
+
+Parsers make an :class:`AccessEvent` once, at the edge; everything after them (enrichment,
+detectors, incidents) sees only these frozen values, never raw strings or dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    """What the actor did to the object, normalised across stores."""
+
+    READ = "read"
+    WRITE = "write"
+    DELETE = "delete"
+    EXPORT = "export"
+    DDL = "ddl"
+    DENIED = "denied"  # the store refused the statement or request
+    LOGIN = "login"  # a successful authentication
+    LOGIN_FAILED = "login_failed"
+    OTHER = "other"  # audited, but none of the above (ROLE class, SET, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a record came from, for evidence: enough to find and hash the raw bytes again."""
+
+    path: str
+    offset: int  # byte offset of the record's first byte
+    line: int  # 1-based number of the record's first line in that file
+    length: int = 0  # bytes the record spans, newline(s) included
+
+
+@dataclass(frozen=True, slots=True)
+class AccessEvent:
+    """One access to a personal-data store, as the store's own audit trail reported it."""
+
+    time: datetime  # timezone-aware
+    store: str  # the configured source name, e.g. "pg-main"
+    actor: str  # the account as logged (db role, app user, uid)
+    action: Action
+    position: SourcePosition
+    objects: tuple[str, ...] = ()  # schema.table, path or endpoint
+    subjects: tuple[str, ...] = ()  # data-subject (customer) ids the record reveals
+    columns: tuple[str, ...] = ()  # columns touched, when known
+    person: str | None = None  # staff member the actor resolved to, set by enrichment
+    client: str | None = None  # client address
+    application: str | None = None
+    database: str | None = None
+    session: str | None = None  # backend pid / connection id, to relate records
+    command: str | None = None  # the store's own verb (SELECT, COPY, GET, ...)
+    statement: str | None = None
+    parameters: tuple[str, ...] = ()
+    unbounded: bool = False  # a read of a personal-data object with no subject predicate
+    detail: str | None = None  # e.g. the error message of a denied statement
+    tags: frozenset[str] = field(default_factory=frozenset)
