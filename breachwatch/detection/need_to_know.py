@@ -1,0 +1,203 @@
+"""Need-to-know rules: is this actor allowed to touch this personal data at all?
+
+Stateless: each event is judged on its own against the policy. The rules, in the order a
+finding list carries them:
+
+- ``ntk.departed_account``: any event (login, failed login, denied, access) of an account
+  whose person has status left or suspended. Such an account must not be used at all, so
+  even a refused attempt is reported. Grants are not checked for these accounts: the use of
+  the account is the finding, and a second one per statement would only add noise.
+- ``ntk.unknown_actor``: an account that is neither staff nor a service account accesses a
+  personal-data object.
+- ``ntk.outside_grants``: staff or a service account accesses personal-data objects that no
+  grant of its roles covers; one finding per event, naming every uncovered object.
+- ``access.denied`` and ``auth.failed_login``: reported as they come, at low severity; the
+  correlation of bursts (brute force) belongs to a later stage.
+
+Objects absent from the data map hold no personal data and never raise an ntk finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from breachwatch.detection.findings import Finding
+from breachwatch.detection.policy import Policy, ServiceAccount, StaffMember, StaffStatus
+from breachwatch.detection.rules import RULES
+from breachwatch.events import AccessEvent, Action
+
+ACCESS_ACTIONS = frozenset({Action.READ, Action.WRITE, Action.DELETE, Action.EXPORT, Action.DDL})
+
+_PAST = {
+    Action.READ: "read",
+    Action.WRITE: "wrote to",
+    Action.DELETE: "deleted from",
+    Action.EXPORT: "exported",
+    Action.DDL: "ran DDL on",
+}
+_ATTEMPT = {
+    Action.LOGIN: "logged in",
+    Action.LOGIN_FAILED: "tried to log in and failed",
+    Action.DENIED: "was refused access",
+    Action.OTHER: "ran an audited command",
+}
+
+
+def person_of(policy: Policy, event: AccessEvent) -> str | None:
+    """The pseudonymous person behind the event's account, when it is staff."""
+    actor = policy.resolve_actor(event.actor)
+    return actor.person if isinstance(actor, StaffMember) else event.person
+
+
+def describe_actor(event: AccessEvent, person: str | None) -> str:
+    """How findings name who did it: the pseudonymous person, with the account as logged."""
+    if person is None:
+        return f"account {event.actor}"
+    return f"{person} (account {event.actor})"
+
+
+def finding(
+    policy: Policy,
+    rule: str,
+    event: AccessEvent,
+    explanation: str,
+    *,
+    person: str | None,
+    objects: tuple[str, ...],
+) -> Finding:
+    """A finding about one event, with controls and severity from the catalogue/policy."""
+    return Finding(
+        rule=rule,
+        severity=policy.severity_of(rule),
+        time=event.time,
+        actor=event.actor,
+        store=event.store,
+        explanation=explanation,
+        controls=RULES[rule].controls,
+        evidence=(event.position,),
+        person=person,
+        objects=objects,
+        subjects=event.subjects,
+        categories=policy.categories_of(event.store, objects),
+    )
+
+
+class NeedToKnowDetector:
+    """Callable detector: ``detector(event) -> list[Finding]``."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def __call__(self, event: AccessEvent) -> list[Finding]:
+        policy = self._policy
+        actor = policy.resolve_actor(event.actor)
+        person = actor.person if isinstance(actor, StaffMember) else event.person
+        who = describe_actor(event, person)
+        personal = tuple(o for o in event.objects if policy.data_entry(event.store, o))
+        found: list[Finding] = []
+
+        if isinstance(actor, StaffMember) and actor.status is not StaffStatus.ACTIVE:
+            what = _what(event)
+            found.append(
+                finding(
+                    policy,
+                    "ntk.departed_account",
+                    event,
+                    f"{who} {what}, but {actor.person} has status {actor.status.value}; "
+                    "the account must not be used.",
+                    person=person,
+                    objects=event.objects,
+                )
+            )
+        elif event.action in ACCESS_ACTIONS and personal:
+            found.extend(self._access(event, actor, who, person, personal))
+
+        if event.action is Action.DENIED:
+            reason = f" ({event.detail})" if event.detail else ""
+            target = f" to {', '.join(event.objects)}" if event.objects else ""
+            found.append(
+                finding(
+                    policy,
+                    "access.denied",
+                    event,
+                    f"{who} was refused access{target}{reason}.",
+                    person=person,
+                    objects=event.objects,
+                )
+            )
+        elif event.action is Action.LOGIN_FAILED:
+            origin = f" from {event.client}" if event.client else ""
+            found.append(
+                finding(
+                    policy,
+                    "auth.failed_login",
+                    event,
+                    f"Failed login as {who}{origin}.",
+                    person=person,
+                    objects=event.objects,
+                )
+            )
+        return found
+
+    def _access(
+        self,
+        event: AccessEvent,
+        actor: StaffMember | ServiceAccount | None,
+        who: str,
+        person: str | None,
+        personal: tuple[str, ...],
+    ) -> list[Finding]:
+        policy = self._policy
+        verb = _PAST[event.action]
+        if actor is None:
+            return [
+                finding(
+                    policy,
+                    "ntk.unknown_actor",
+                    event,
+                    f"{who} {verb} {', '.join(personal)}, but the account belongs to no "
+                    "known staff member or service account.",
+                    person=person,
+                    objects=personal,
+                )
+            ]
+        roles = frozenset(actor.roles)
+        outside = tuple(
+            o for o in personal if not policy.is_granted(roles, event.store, o, event.action)
+        )
+        if not outside:
+            return []
+        if roles:
+            why = f"no grant of role(s) {', '.join(sorted(roles))} allows {event.action.value}"
+        else:
+            why = f"the account has no roles, so no grant allows {event.action.value}"
+        return [
+            finding(
+                policy,
+                "ntk.outside_grants",
+                event,
+                f"{who} {verb} {', '.join(outside)}, but {why} of {', '.join(outside)}.",
+                person=person,
+                objects=outside,
+            )
+        ]
+
+
+def _what(event: AccessEvent) -> str:
+    if event.action in _PAST:
+        on = ", ".join(event.objects) or "the store"
+        return f"{_PAST[event.action]} {on}"
+    return f"{_ATTEMPT[event.action]} at {event.store}"
+
+
+def resolve_person(policy: Policy) -> Callable[[AccessEvent], AccessEvent]:
+    """An enrichment step that sets ``person`` on events of staff accounts."""
+
+    def enrich(event: AccessEvent) -> AccessEvent:
+        actor = policy.resolve_actor(event.actor)
+        if isinstance(actor, StaffMember) and event.person != actor.person:
+            return replace(event, person=actor.person)
+        return event
+
+    return enrich
