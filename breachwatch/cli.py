@@ -23,12 +23,14 @@ EPILOG = """exit status: 0 ok (scan: no finding), 1 scan found something, 2 usag
 error, 3 refused state change or unknown incident, 4 runtime failure."""
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
+def _config_arg(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    # Nested action parsers accept --config too (`incidents list --config F`); SUPPRESS keeps
+    # them from overwriting a value given before the action.
     parser.add_argument(
         "--config",
         "-c",
         type=Path,
-        default=Path(DEFAULT_CONFIG),
+        default=argparse.SUPPRESS if nested else Path(DEFAULT_CONFIG),
         help=f"daemon config file (default: $BREACHWATCH_CONFIG or {DEFAULT_CONFIG})",
     )
 
@@ -70,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(inc)
     isub = inc.add_subparsers(dest="action", required=True, metavar="ACTION")
     lst = isub.add_parser("list", help="list incidents")
+    _config_arg(lst, nested=True)
     lst.add_argument("--state", help="only incidents in this state")
     lst.add_argument("--json", action="store_true")
     show = isub.add_parser("show", help="one incident with findings, obligations and history")
+    _config_arg(show, nested=True)
     show.add_argument("ref", help="reference (BW-2026-0001) or number")
     show.add_argument("--json", action="store_true")
     for name, text in (
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("close", "close a handled incident"),
     ):
         action = isub.add_parser(name, help=text)
+        _config_arg(action, nested=True)
         action.add_argument("ref")
         action.add_argument("--reason", required=True, help="why (kept in the history)")
         action.add_argument(
@@ -98,9 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     notices = sub.add_parser("notices", help="the notification outbox", epilog=EPILOG)
     _config_arg(notices)
-    notices.add_argument("action", nargs="?", choices=("list", "retry"), default="list",
-                         help="list (default), or retry: queue failed notices again once the "
-                              "cause is fixed")
+    notices.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "retry"),
+        default="list",
+        help="list (default), or retry: queue failed notices again once the cause is fixed",
+    )
     notices.add_argument("--state", help="queued, sending, sent, failed or cancelled")
     notices.add_argument("--json", action="store_true")
 

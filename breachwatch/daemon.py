@@ -1,0 +1,326 @@
+"""The long-running service: explicit phases (startup, main loop, shutdown), signals that only
+set flags, and one wiring place that builds everything from the config and hands it down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import func, select
+
+from breachwatch import __version__
+from breachwatch.clock import Clock, SystemClock
+from breachwatch.config import DaemonConfig, load_config
+from breachwatch.detection.policy import load_policy
+from breachwatch.errors import BreachwatchError
+from breachwatch.incidents.deadlines import DeadlineKeeper
+from breachwatch.incidents.service import IncidentService
+from breachwatch.ingest import IngestReport, SourceIngest, load_detector_state
+from breachwatch.metrics.collector import SourceLag, StateCollector, StateSnapshot
+from breachwatch.metrics.registry import Metrics, MetricsServer, serve_metrics
+from breachwatch.notifications.channels import Channel, MailFolderChannel, SmtpChannel, read_secret
+from breachwatch.notifications.directory import CustomerDirectory
+from breachwatch.notifications.outbox import OutboxWorker
+from breachwatch.pipeline import Pipeline
+from breachwatch.sdnotify import SystemdNotifier
+from breachwatch.sources.watch import DirectoryWatcher
+from breachwatch.store.database import Database
+from breachwatch.store.schema import Incident, Obligation, OutboxMessage, QuarantinedRecord
+
+log = structlog.get_logger("breachwatch.daemon")
+
+
+def build_channel(config: DaemonConfig) -> Channel:
+    smtp = config.notifications.smtp
+    if smtp is None:
+        return MailFolderChannel(config.notifications.mail_folder)
+    password = None
+    if smtp.password_credential:
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not credentials:
+            raise BreachwatchError(
+                "notifications.smtp.password_credential is set but $CREDENTIALS_DIRECTORY is "
+                "not (run under systemd with LoadCredential=)"
+            )
+        password = read_secret(Path(credentials) / smtp.password_credential)
+    elif smtp.password_file:
+        password = read_secret(smtp.password_file)
+    return SmtpChannel(
+        smtp.host,
+        smtp.port,
+        security=smtp.security,
+        username=smtp.username,
+        password=password,
+        timeout=smtp.timeout.total_seconds(),
+    )
+
+
+@dataclass
+class _Flags:
+    stop: threading.Event
+    reload: threading.Event
+    wake: threading.Event
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        config: DaemonConfig,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.flags = _Flags(threading.Event(), threading.Event(), threading.Event())
+        self.metrics = Metrics(version=__version__)
+        self._metrics_server: MetricsServer | None = None
+        self._signals = 0
+        self._events_since_status = 0
+
+    # ---- startup -----------------------------------------------------------------------
+    def start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(config.state_dir, 0o700)
+        self.db = Database(config.db_url)
+        self.db.create_schema()
+        self.pipeline = Pipeline(load_policy(config.policy))
+        load_detector_state(self.db, self.pipeline)
+        self.incidents = IncidentService(config)
+        self.sources = [
+            SourceIngest(s, self.db, self.clock, config.flush_after) for s in config.sources
+        ]
+        for source in config.sources:
+            source.path.parent.mkdir(parents=True, exist_ok=True)
+        self.watcher = DirectoryWatcher([str(s.path) for s in config.sources], self.flags.wake)
+        self.watcher.start()
+        self.channel = build_channel(config)
+        self.directory = CustomerDirectory.from_csv(config.notifications.customers)
+        self.outbox = OutboxWorker(
+            self.db,
+            self.channel,
+            self.directory,
+            config.notifications,
+            self.clock,
+            observe=self.metrics.record_notice,
+        )
+        self.deadlines = DeadlineKeeper(self.db, config, self.channel.name)
+        resumed = self.outbox.reconcile()
+        self._start_scheduler()
+        self.metrics.attach(StateCollector(self.snapshot, self.clock))
+        if config.metrics.enabled:
+            self._metrics_server = serve_metrics(
+                self.metrics, config.metrics.host, config.metrics.port
+            )
+        log.info(
+            "started",
+            version=__version__,
+            sources=len(self.sources),
+            metrics_port=self._metrics_server.port if self._metrics_server else None,
+            reconciled_notices=resumed,
+        )
+        self.notifier.ready()
+
+    def _start_scheduler(self) -> None:
+        # Memory job store on purpose: the store is the truth and jobs are rebuilt from it
+        # (PITFALLS: persisted APScheduler jobs are lost on kill -9 and deleted on misfire).
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
+        )
+        self.scheduler.add_job(
+            self.run_deadlines,
+            "interval",
+            id="tick",
+            seconds=self.config.tick_interval.total_seconds(),
+            next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.start()
+        self.plan_wakeups()
+
+    def plan_wakeups(self) -> None:
+        """(Re)build one job per obligation at its next action time; ids are deterministic."""
+        for job_id, when in self.deadlines.next_wakeups():
+            self.scheduler.add_job(
+                self.run_deadlines, "date", id=job_id, run_date=when, replace_existing=True
+            )
+
+    def run_deadlines(self) -> None:
+        """Scheduler job: reminders, overdue marks, release and delivery of notices."""
+        try:
+            report = self.deadlines.tick(self.clock.now())
+            delivered = self.outbox.deliver_due()
+            if report.reminders or report.overdue or report.enqueued or delivered.sent:
+                self.plan_wakeups()
+        except Exception:  # a failed tick must not kill the scheduler thread; next tick retries
+            log.exception("deadline_tick_failed")
+
+    # ---- main loop ---------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(128 + signum)  # second signal: the operator means it
+        self.flags.stop.set()
+        self.flags.wake.set()
+
+    def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self.flags.reload.set()
+        self.flags.wake.set()
+
+    def run_forever(self) -> None:
+        interval = self.config.poll_interval.total_seconds()
+        watchdog = self.notifier.watchdog_interval()
+        last_ping = 0.0
+        while not self.flags.stop.is_set():
+            if self.flags.reload.is_set():
+                self.flags.reload.clear()
+                self.reload()
+            busy = self.ingest_once()
+            now = self.clock.now().timestamp()
+            if watchdog and now - last_ping >= watchdog and self.healthy():
+                self.notifier.watchdog()
+                self.notifier.status(f"{self._events_since_status} events since last status")
+                self._events_since_status = 0
+                last_ping = now
+            if not busy:
+                self.flags.wake.wait(interval)
+                self.flags.wake.clear()
+
+    def ingest_once(self) -> bool:
+        busy = False
+        for source in self.sources:
+            try:
+                report = source.step(self.pipeline, self.incidents, self.config.batch_lines)
+            except BreachwatchError:
+                raise
+            except OSError as exc:
+                log.error("source_read_failed", source=source.name, error=str(exc))
+                continue
+            if report is not None:
+                busy = busy or report.lines > 0
+                self._after_commit(report)
+        return busy
+
+    def _after_commit(self, report: IngestReport) -> None:
+        m = self.metrics
+        m.record_read(report.source, report.lines, report.bytes)
+        m.record_events(report.source, report.batch.events, report.batch.newest_event)
+        self._events_since_status += report.batch.events
+        for _record, failure in report.batch.failures:
+            m.record_parse_error(report.source, failure.reason)
+        for finding in report.recorded.new_findings:
+            m.record_finding(finding.rule, finding.severity.value)
+        for incident in report.recorded.opened:
+            m.record_incident_opened(incident.severity)
+            log.warning("incident_opened", incident=incident.ref, severity=incident.severity)
+        if report.batch.failures:
+            log.warning(
+                "records_quarantined", source=report.source, count=len(report.batch.failures)
+            )
+        if report.recorded.new_obligations:
+            self.plan_wakeups()
+
+    def healthy(self) -> bool:
+        return self.watcher.is_alive() and self.scheduler.running
+
+    def reload(self) -> None:
+        """SIGHUP: a new policy; an invalid file keeps the old one (error log + metric)."""
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+            pipeline = Pipeline(load_policy(config.policy))
+        except BreachwatchError as exc:
+            self.metrics.record_reload_failure()
+            log.error("reload_refused", error=str(exc))
+            self.notifier.ready()
+            return
+        pipeline.restore(self.pipeline.snapshot())
+        self.pipeline = pipeline
+        self.notifier.ready()
+        log.info("reloaded", note="policy reloaded; source changes need a restart")
+
+    # ---- metrics -----------------------------------------------------------------------
+    def snapshot(self) -> StateSnapshot:
+        with self.db.transaction() as session:
+            incidents = {
+                (s, v): n
+                for s, v, n in session.execute(
+                    select(Incident.state, Incident.severity, func.count()).group_by(
+                        Incident.state, Incident.severity
+                    )
+                )
+            }
+            pending: dict[str, int] = {}
+            overdue: dict[str, int] = {}
+            nearest = None
+            for regime, due_at, overdue_since in session.execute(
+                select(Obligation.regime, Obligation.due_at, Obligation.overdue_since).where(
+                    Obligation.state == "open"
+                )
+            ):
+                pending[regime] = pending.get(regime, 0) + 1
+                if overdue_since is not None:
+                    overdue[regime] = overdue.get(regime, 0) + 1
+                nearest = due_at if nearest is None else min(nearest, due_at)
+            outbox = {
+                state: count
+                for state, count in session.execute(
+                    select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)
+                )
+            }
+            quarantined = session.scalar(select(func.count()).select_from(QuarantinedRecord))
+        lags = [
+            SourceLag(s.name, len(s.tailer.tracked()), s.lag_bytes(), s.newest_event)
+            for s in self.sources
+        ]
+        return StateSnapshot(
+            open_incidents=incidents,
+            obligations_pending=pending,
+            obligations_overdue=overdue,
+            nearest_deadline=nearest,
+            outbox=outbox,
+            quarantined_records=quarantined or 0,
+            sources=lags,
+        )
+
+    # ---- shutdown ----------------------------------------------------------------------
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.watcher.stop()
+        self.scheduler.shutdown(wait=True)
+        for source in self.sources:
+            source.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.db.dispose()
+        log.info("stopped")
+
+
+def run_daemon(config_path: Path, **kwargs: Any) -> int:
+    config = load_config(config_path)
+    daemon = Daemon(config_path, config, **kwargs)
+    daemon.install_signal_handlers()
+    daemon.start()
+    try:
+        daemon.run_forever()
+    finally:
+        daemon.shutdown()
+    return 0

@@ -1,0 +1,188 @@
+"""The ingest shell: tailed lines → records → pipeline → store, one transaction per batch.
+
+Offsets are committed in the same transaction as the findings, incidents, quarantined records
+and detector state they produced, so `kill -9` at any moment neither loses nor repeats work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from breachwatch.clock import Clock
+from breachwatch.config import SourceConfig
+from breachwatch.errors import ParseFailure
+from breachwatch.incidents.service import IncidentService, RecordResult
+from breachwatch.parsers.base import Framer, LogFormat, Record
+from breachwatch.parsers.registry import build_format
+from breachwatch.pipeline import BatchResult, Pipeline
+from breachwatch.sources.checkpoint import FileCheckpoint, FileIdentity
+from breachwatch.sources.tailer import Tailer
+from breachwatch.store.database import Database
+from breachwatch.store.schema import Checkpoint, DetectorState, QuarantinedRecord
+
+QUARANTINE_TEXT_LIMIT = 4096
+
+
+@dataclass
+class _FileState:
+    identity: FileIdentity
+    path: str
+    framer: Framer
+    done_offset: int  # everything before this is handled once the batch commits
+    done_line_no: int
+    last_line_at: datetime
+
+
+@dataclass
+class IngestReport:
+    source: str
+    lines: int = 0
+    bytes: int = 0
+    batch: BatchResult = field(default_factory=BatchResult)
+    recorded: RecordResult = field(default_factory=RecordResult)
+
+
+def load_checkpoints(db: Database, source: str) -> list[FileCheckpoint]:
+    with db.transaction() as session:
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.source == source))
+        return [
+            FileCheckpoint(
+                source=row.source,
+                identity=FileIdentity(row.dev, row.inode, row.fp_len, row.fp_hash),
+                path=row.path,
+                offset=row.offset,
+                line_no=row.line_no,
+            )
+            for row in rows
+        ]
+
+
+class SourceIngest:
+    """Follows one configured source."""
+
+    def __init__(
+        self, config: SourceConfig, db: Database, clock: Clock, flush_after: timedelta
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.format: LogFormat = build_format(config.format, config.options)
+        self._db = db
+        self._clock = clock
+        self._flush_after = flush_after
+        self.tailer = Tailer(
+            self.name,
+            str(config.path),
+            load_checkpoints(db, self.name),
+            clock,
+            max_line_bytes=config.max_line_bytes,
+        )
+        self._files: dict[str, _FileState] = {}
+        self.newest_event: datetime | None = None
+
+    def step(
+        self, pipeline: Pipeline, incidents: IncidentService, max_lines: int
+    ) -> IngestReport | None:
+        """Read what is new, process it and commit. None when there was nothing to do."""
+        now = self._clock.now()
+        report = IngestReport(self.name)
+        records: list[Record] = []
+        touched: set[str] = set()
+        for chunk in self.tailer.read(max_lines):
+            key = chunk.identity.key
+            state = self._files.get(key)
+            if state is None or chunk.reset:
+                start = chunk.lines[0] if chunk.lines else None
+                state = _FileState(
+                    chunk.identity,
+                    chunk.path,
+                    self.format.new_framer(chunk.path),
+                    start.offset if start else 0,
+                    (start.line_no - 1) if start else 0,
+                    now,
+                )
+                self._files[key] = state
+            state.identity, state.path = chunk.identity, chunk.path
+            for line in chunk.lines:
+                records.extend(state.framer.push(line))
+                report.lines += 1
+                report.bytes += line.end_offset - line.offset
+            if chunk.lines:
+                state.done_offset = chunk.lines[-1].end_offset
+                state.done_line_no = chunk.lines[-1].line_no
+                state.last_line_at = now
+                touched.add(key)
+        for key, state in self._files.items():
+            idle = now - state.last_line_at >= self._flush_after
+            if idle and state.framer.pending_offset() is not None:
+                records.extend(state.framer.flush())
+                touched.add(key)
+        if not touched:
+            return None
+        report.batch = pipeline.process(records, self.format, self.name)
+        with self._db.transaction() as session:
+            report.recorded = incidents.record(session, report.batch.findings, now)
+            self._quarantine(session, report.batch.failures, now)
+            for key in touched:
+                self._save_checkpoint(session, self._files[key], now)
+            _save_detector_state(session, pipeline)
+        if report.batch.newest_event and (
+            self.newest_event is None or report.batch.newest_event > self.newest_event
+        ):
+            self.newest_event = report.batch.newest_event
+        return report
+
+    def _save_checkpoint(self, session: Session, state: _FileState, now: datetime) -> None:
+        pending = state.framer.pending_offset()
+        offset, line_no = state.done_offset, state.done_line_no
+        if pending is not None:
+            pending_line = state.framer.pending_line_no()
+            offset, line_no = pending, (pending_line or 1) - 1
+        row = session.get(Checkpoint, (self.name, state.identity.key))
+        if row is None:
+            row = Checkpoint(source=self.name, file_key=state.identity.key)
+            session.add(row)
+        row.path, row.dev, row.inode = state.path, state.identity.dev, state.identity.inode
+        row.fp_len, row.fp_hash = state.identity.fp_len, state.identity.fp_hash
+        row.offset, row.line_no, row.updated_at = offset, line_no, now
+
+    def _quarantine(
+        self, session: Session, failures: list[tuple[Record, ParseFailure]], now: datetime
+    ) -> None:
+        for record, failure in failures:
+            session.add(
+                QuarantinedRecord(
+                    source=self.name,
+                    path=record.path,
+                    offset=record.offset,
+                    line_no=record.line_no,
+                    reason=failure.reason,
+                    detail=failure.detail[:1000],
+                    text=record.text[:QUARANTINE_TEXT_LIMIT],
+                    at=now,
+                )
+            )
+
+    def lag_bytes(self) -> int:
+        return sum(max(f.size - f.read_offset, 0) for f in self.tailer.tracked())
+
+    def close(self) -> None:
+        self.tailer.close()
+
+
+def _save_detector_state(session: Session, pipeline: Pipeline) -> None:
+    row = session.get(DetectorState, "pipeline")
+    if row is None:
+        session.add(DetectorState(name="pipeline", data=pipeline.snapshot()))
+    else:
+        row.data = pipeline.snapshot()
+
+
+def load_detector_state(db: Database, pipeline: Pipeline) -> None:
+    with db.transaction() as session:
+        row = session.get(DetectorState, "pipeline")
+        if row is not None:
+            pipeline.restore(row.data)

@@ -1,0 +1,122 @@
+"""From a pgaudit line to a customer's breach e-mail, through the real daemon process, a real
+SMTP server (aiosmtpd) and the real metrics endpoint."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import DaemonProcess, audit_read, cli_json, free_port, wait_for, \
+    write_config
+from tests.smtp_server import start_smtp_server
+
+pytestmark = pytest.mark.slow
+
+BENIGN = audit_read("2026-11-30 10:00:01.000 CET", 4100, "svc_shop", 1, "clients.accounts",
+                    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'")
+# kevin left the company; his account reading customer 1001 (French-speaking) is a breach
+VIOLATION = audit_read("2026-11-30 10:00:02.000 CET", 4242, "kevin_helpdesk", 1,
+                       "clients.accounts",
+                       "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;")
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as log:
+        log.write(text)
+        log.flush()
+
+
+def _messages_to(server_messages: list[EmailMessage], address: str) -> list[EmailMessage]:
+    return [m for m in server_messages if address in str(m["To"])]
+
+
+def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
+    smtp = start_smtp_server(tmp_path, require_starttls=False, auth=None)
+    metrics_port = free_port()
+    config = write_config(tmp_path, smtp_port=smtp.port, metrics_port=metrics_port)
+    log = tmp_path / "logs" / "postgresql.log"
+    log.write_text("")
+    daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
+    try:
+        _append(log, BENIGN + VIOLATION)
+        incidents = wait_for(lambda: cli_json(config, "incidents", "list"), 15,
+                             "an incident", daemon)
+        assert len(incidents) == 1
+        assert incidents[0]["actor"] == "kevin_helpdesk"
+        assert incidents[0]["severity"] == "critical"
+        assert incidents[0]["subjects"] == 1
+        assert {o["regime"] for o in cli_json(config, "obligations", "--all")} == {
+            "gdpr_art33", "gdpr_art34"}
+
+        mail = wait_for(lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"), 20,
+                        "the breach e-mail", daemon)
+        assert len(mail) == 1
+        message = mail[0]
+        assert message["Content-Language"] == "fr"
+        body = message.get_body(preferencelist=("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert "violation de données" in text.lower()
+        assert incidents[0]["ref"] in text or incidents[0]["ref"] in str(message["Subject"])
+
+        metrics = wait_for(lambda: _scrape(metrics_port), 5, "metrics")
+        assert _metric(metrics, "breachwatch_open_incidents", state="suspected",
+                       severity="critical") == 1
+        assert (_metric(metrics, "breachwatch_findings_total", rule="ntk.departed_account")
+                or 0) >= 1
+        assert _metric(metrics, "breachwatch_events_total", source="pg-main") == 2
+        assert "kevin" not in metrics and "1001" not in metrics  # no personal data in labels
+        sent = wait_for(lambda: _metric(_scrape(metrics_port), "breachwatch_notices_total",
+                                        outcome="sent"), 5, "sent counter")
+        assert sent == 1
+    finally:
+        assert daemon.stop() == 0
+        smtp.stop()
+    assert re.search(r'"event": "stopped"', (tmp_path / "daemon.out").read_text())
+
+
+def test_kill_9_between_append_and_email_gives_one_incident_one_email(tmp_path: Path) -> None:
+    smtp = start_smtp_server(tmp_path, require_starttls=False, auth=None)
+    # a hold long enough that the kill lands before the notice is released
+    config = write_config(tmp_path, smtp_port=smtp.port, hold="3s")
+    log = tmp_path / "logs" / "postgresql.log"
+    log.write_text("")
+    daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
+    _append(log, BENIGN + VIOLATION)
+    wait_for(lambda: cli_json(config, "incidents", "list"), 15, "an incident", daemon)
+    daemon.kill9()
+    assert smtp.messages == []
+
+    restarted = DaemonProcess(config, tmp_path / "daemon2.out").start()
+    try:
+        wait_for(lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"), 20,
+                 "the breach e-mail after restart", restarted)
+        # give a duplicate every chance to show up before counting
+        wait_for(lambda: [n for n in cli_json(config, "notices") if n["state"] == "sent"], 10,
+                 "the outbox to record the send", restarted)
+    finally:
+        restarted.stop()
+        smtp.stop()
+    # the restart resumed after the committed offset: the line was not evaluated again
+    assert "incident_opened" not in (tmp_path / "daemon2.out").read_text()
+    assert len(cli_json(config, "incidents", "list")) == 1
+    assert len(_messages_to(smtp.messages, "amelie.dubois@example.org")) == 1
+    assert len(cli_json(config, "notices")) == 1
