@@ -239,13 +239,15 @@ def test_throughput(tmp_path: Path) -> None:
     row = b"2025-06-17 12:00:00.123 UTC [4242] user=alice db=hr LOG:  statement: SELECT %07d\n"
     log.write_bytes(b"".join(row % i for i in range(count)))
     best = float("inf")
-    for _ in range(3):  # best of three, so a busy machine does not fail it
+    # CPU time of this thread (syscalls included), best of three: other processes competing
+    # for the CPU must not fail it.
+    for _ in range(3):
         with Tailer("s", str(log), [], clock()) as tailer:
-            start = time.perf_counter()
+            start = time.thread_time()
             seen = 0
             while chunks := tailer.read(10_000):  # batches are consumed, not kept, as in the daemon
                 seen += sum(len(chunk.lines) for chunk in chunks)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.thread_time() - start)
         assert seen == count
     assert count / best > 200_000, f"{count / best:.0f} lines/s"
 
@@ -304,3 +306,11 @@ def test_any_writes_budgets_and_crashes_give_each_line_once(
         offset = end
     got = [(x.text, x.offset, x.end_offset, x.line_no, x.truncated) for x in kept]
     assert got == expected
+
+
+def test_a_fifo_at_the_path_is_not_followed_and_does_not_hang(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    os.mkfifo(log)
+    assert identify(log) is not None  # opened without blocking
+    with Tailer("s", str(log), [], clock()) as tailer:
+        assert tailer.read(10) == [] and tailer.tracked() == []

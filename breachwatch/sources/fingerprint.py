@@ -49,7 +49,7 @@ def identify(path: str | os.PathLike[str]) -> FileIdentity | None:
     A permission error is raised, not hidden: it is a deployment fault someone must fix.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang us
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
@@ -84,7 +84,7 @@ def matches(identity: FileIdentity, path_or_fd: PathOrFd) -> bool:
         except OSError:
             return False
     try:
-        fd = os.open(path_or_fd, os.O_RDONLY)
+        fd = os.open(path_or_fd, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:

@@ -17,7 +17,7 @@ from datetime import datetime
 from breachwatch.clock import Clock
 from breachwatch.parsers.base import Line
 from breachwatch.sources.checkpoint import FileCheckpoint, FileIdentity
-from breachwatch.sources.fingerprint import identify_fd, matches
+from breachwatch.sources.fingerprint import FINGERPRINT_BYTES, identify_fd, matches
 
 _BLOCK = 1 << 20
 _MIN_BLOCK = 64 * 1024
@@ -97,7 +97,7 @@ class _Followed:
             self._buf, self._head = b"", None
             self.reset_pending = True
             self.last_growth = now
-        elif self.identity.fp_len < min(size, 1024):
+        elif self.identity.fp_len < min(size, FINGERPRINT_BYTES):
             self.identity = identify_fd(self.fd)  # still the same file; hash more of it
 
     def take(self, limit: int, now: datetime, partial_timeout: float) -> list[Line]:
@@ -156,7 +156,7 @@ class _Followed:
             end = base + len(buf)
             out.append(Line(text, pos, end, line_no + 1, head is not None, bad))
             pos, line_no, base, buf, head = end, line_no + 1, end, b"", None
-        self._buf = buf
+        self._buf = buf[i:] if i else buf
         self._buf_off, self._head, self.pos, self.line_no = base + i, head, pos, line_no
         return out
 
@@ -191,7 +191,11 @@ class Tailer:
         self._missing: list[FileCheckpoint] = []
         self._error: OSError | None = None
         self._closed = False
-        self._resume([cp for cp in checkpoints if cp.source == source])
+        try:
+            self._resume([cp for cp in checkpoints if cp.source == source])
+        except BaseException:
+            self.close()
+            raise
 
     # -- construction -------------------------------------------------------------------
 
@@ -222,6 +226,7 @@ class Tailer:
                 os.close(fd)
                 continue
             found[cp.identity.key] = _Followed(fd, candidate, cp.offset, cp.line_no, now, self._max)
+            self._rotated.append(found[cp.identity.key])  # so that close() sees it on error
         self._missing = [cp for key, cp in wanted.items() if key not in found]
         at_path = self._open(self.path, report=True)
         if at_path is not None:
@@ -230,17 +235,19 @@ class Tailer:
             if key in found:
                 os.close(at_path)
                 self._primary = found.pop(key)
+                self._rotated.remove(self._primary)
             else:
                 # Unknown, or a known inode whose content changed: a new file, from 0.
                 self._primary = _Followed(at_path, self.path, 0, 0, now, self._max)
                 self._primary.reset_pending = key in wanted
         # Older rotated copies were last written earlier: drain them in that order.
-        self._rotated = sorted(found.values(), key=lambda f: os.fstat(f.fd).st_mtime_ns)
+        self._rotated.sort(key=lambda f: os.fstat(f.fd).st_mtime_ns)
 
     def _open(self, path: str, *, report: bool) -> int | None:
         """A read-only fd on the regular file at ``path``; None if there is none (yet)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO put at the path must not hang the loop; no effect on files.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -329,7 +336,8 @@ class Tailer:
         return [TrackedFile(f.identity, f.path, f.pos, f.size) for f in files]
 
     def missing_checkpoints(self) -> list[FileCheckpoint]:
-        """Checkpoints whose file was not found at start: their unread lines are lost."""
+        """Checkpoints whose file was not found at start (gone, compressed, or rewritten in
+        place): whatever they had not handled yet cannot be read any more."""
         return list(self._missing)
 
     def last_error(self) -> OSError | None:
