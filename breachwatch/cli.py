@@ -149,9 +149,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     from breachwatch import commands
 
     if args.command == "run":
+        from breachwatch.config import load_config
         from breachwatch.daemon import run_daemon
         from breachwatch.logs import configure_logging
-        from breachwatch.config import load_config
 
         configure_logging(load_config(args.config).log_level)
         return run_daemon(args.config)

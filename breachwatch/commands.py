@@ -401,7 +401,7 @@ def notices(args: argparse.Namespace) -> int:
         )
         if args.state:
             query = query.where(OutboxMessage.state == args.state)
-        items = [
+        items: list[dict[str, Any]] = [
             {
                 "incident": ref,
                 "recipient": m.recipient_id,
@@ -441,7 +441,7 @@ def quarantine(args: argparse.Namespace) -> int:
         query = select(QuarantinedRecord).order_by(QuarantinedRecord.id.desc()).limit(args.limit)
         if args.source:
             query = query.where(QuarantinedRecord.source == args.source)
-        items = [
+        items: list[dict[str, Any]] = [
             {
                 "source": q.source,
                 "path": q.path,

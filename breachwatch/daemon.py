@@ -99,11 +99,19 @@ class Daemon:
         self.pipeline = Pipeline(load_policy(config.policy))
         load_detector_state(self.db, self.pipeline)
         self.incidents = IncidentService(config)
+        for source_config in config.sources:
+            source_config.path.parent.mkdir(parents=True, exist_ok=True)
         self.sources = [
             SourceIngest(s, self.db, self.clock, config.flush_after) for s in config.sources
         ]
-        for source in config.sources:
-            source.path.parent.mkdir(parents=True, exist_ok=True)
+        for source in self.sources:
+            for lost in source.tailer.missing_checkpoints():
+                log.warning(
+                    "checkpoint_file_missing",
+                    source=source.name,
+                    path=lost.path,
+                    unread_from=lost.offset,
+                )
         self.watcher = DirectoryWatcher([str(s.path) for s in config.sources], self.flags.wake)
         self.watcher.start()
         self.channel = build_channel(config)

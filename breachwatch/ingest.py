@@ -81,7 +81,10 @@ class SourceIngest:
             max_line_bytes=config.max_line_bytes,
         )
         self._files: dict[str, _FileState] = {}
+        self._committed: dict[str, int] = {}  # file key -> committed offset, for lag
         self.newest_event: datetime | None = None
+        for checkpoint in load_checkpoints(db, self.name):
+            self._committed[checkpoint.identity.key] = checkpoint.offset
 
     def step(
         self, pipeline: Pipeline, incidents: IncidentService, max_lines: int
@@ -120,22 +123,39 @@ class SourceIngest:
             if idle and state.framer.pending_offset() is not None:
                 records.extend(state.framer.flush())
                 touched.add(key)
-        if not touched:
+        finished = self._finished_files()
+        if not touched and not finished:
             return None
         report.batch = pipeline.process(records, self.format, self.name)
         with self._db.transaction() as session:
             report.recorded = incidents.record(session, report.batch.findings, now)
             self._quarantine(session, report.batch.failures, now)
             for key in touched:
-                self._save_checkpoint(session, self._files[key], now)
+                self._committed[key] = self._save_checkpoint(session, self._files[key], now)
+            for key in finished:
+                # drained rotated file: its checkpoint would only look "missing" at restart
+                row = session.get(Checkpoint, (self.name, key))
+                if row is not None:
+                    session.delete(row)
             _save_detector_state(session, pipeline)
+        for key in finished:
+            self._files.pop(key, None)
+            self._committed.pop(key, None)
         if report.batch.newest_event and (
             self.newest_event is None or report.batch.newest_event > self.newest_event
         ):
             self.newest_event = report.batch.newest_event
         return report
 
-    def _save_checkpoint(self, session: Session, state: _FileState, now: datetime) -> None:
+    def _finished_files(self) -> list[str]:
+        tracked = {f.identity.key for f in self.tailer.tracked()}
+        return [
+            key
+            for key, state in self._files.items()
+            if key not in tracked and state.framer.pending_offset() is None
+        ]
+
+    def _save_checkpoint(self, session: Session, state: _FileState, now: datetime) -> int:
         pending = state.framer.pending_offset()
         offset, line_no = state.done_offset, state.done_line_no
         if pending is not None:
@@ -148,6 +168,7 @@ class SourceIngest:
         row.path, row.dev, row.inode = state.path, state.identity.dev, state.identity.inode
         row.fp_len, row.fp_hash = state.identity.fp_len, state.identity.fp_hash
         row.offset, row.line_no, row.updated_at = offset, line_no, now
+        return offset
 
     def _quarantine(
         self, session: Session, failures: list[tuple[Record, ParseFailure]], now: datetime
@@ -167,7 +188,10 @@ class SourceIngest:
             )
 
     def lag_bytes(self) -> int:
-        return sum(max(f.size - f.read_offset, 0) for f in self.tailer.tracked())
+        """Bytes on disk not yet durably handled (size minus committed offset)."""
+        return sum(
+            max(f.size - self._committed.get(f.identity.key, 0), 0) for f in self.tailer.tracked()
+        )
 
     def close(self) -> None:
         self.tailer.close()

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import DaemonProcess, audit_read, cli_json, free_port, wait_for, \
-    write_config
+from tests.daemon_harness import (
+    DaemonProcess,
+    audit_read,
+    cli_json,
+    free_port,
+    wait_for,
+    write_config,
+)
 from tests.smtp_server import start_smtp_server
 
 pytestmark = pytest.mark.slow
