@@ -7,6 +7,7 @@ configuration error, 3 refused state change or unknown incident, 4 runtime failu
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -17,6 +18,10 @@ from breachwatch import __version__
 from breachwatch.errors import BreachwatchError, ConfigError, StateError
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_STATE, EXIT_RUNTIME = 0, 1, 2, 3, 4
+
+# Command groups that live in their own module: each has `register(subparsers)`, which adds its
+# parsers and sets `handler=` (a function taking the parsed arguments, returning an exit code).
+COMMAND_MODULES: tuple[str, ...] = ()
 DEFAULT_CONFIG = os.environ.get("BREACHWATCH_CONFIG", "/etc/breachwatch/breachwatch.yml")
 
 EPILOG = """exit status: 0 ok (scan: no finding), 1 scan found something, 2 usage or config
@@ -113,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     notices.add_argument("--state", help="queued, sending, sent, failed or cancelled")
     notices.add_argument("--json", action="store_true")
 
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+
     rules = sub.add_parser("rules", help="the rule catalogue with its controls", epilog=EPILOG)
     rules.add_argument("--json", action="store_true")
 
@@ -148,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from breachwatch import commands
 
+    if getattr(args, "handler", None) is not None:
+        return int(args.handler(args))
     if args.command == "run":
         from breachwatch.config import load_config
         from breachwatch.daemon import run_daemon
