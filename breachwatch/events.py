@@ -33,6 +33,9 @@ class SourcePosition:
     offset: int  # byte offset of the record's first byte
     line: int  # 1-based number of the record's first line in that file
     length: int = 0  # bytes the record spans, newline(s) included
+    # "dev:inode" of the file, set by the daemon: a rotated log reuses path and offsets, so
+    # path@offset alone would make two records of two file generations look the same
+    file_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

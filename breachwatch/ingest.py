@@ -6,8 +6,9 @@ and detector state they produced, so `kill -9` at any moment neither loses nor r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from itertools import groupby
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -92,7 +93,7 @@ class SourceIngest:
         """Read what is new, process it and commit. None when there was nothing to do."""
         now = self._clock.now()
         report = IngestReport(self.name)
-        records: list[Record] = []
+        records: list[tuple[str, Record]] = []  # (file key, record), in reading order
         touched: set[str] = set()
         for chunk in self.tailer.read(max_lines):
             key = chunk.identity.key
@@ -110,7 +111,7 @@ class SourceIngest:
                 self._files[key] = state
             state.identity, state.path = chunk.identity, chunk.path
             for line in chunk.lines:
-                records.extend(state.framer.push(line))
+                records.extend((key, r) for r in state.framer.push(line))
                 report.lines += 1
                 report.bytes += line.end_offset - line.offset
             if chunk.lines:
@@ -121,12 +122,12 @@ class SourceIngest:
         for key, state in self._files.items():
             idle = now - state.last_line_at >= self._flush_after
             if idle and state.framer.pending_offset() is not None:
-                records.extend(state.framer.flush())
+                records.extend((key, r) for r in state.framer.flush())
                 touched.add(key)
         finished = self._finished_files()
         if not touched and not finished:
             return None
-        report.batch = pipeline.process(records, self.format, self.name)
+        report.batch = self._process(pipeline, records)
         with self._db.transaction() as session:
             report.recorded = incidents.record(session, report.batch.findings, now)
             self._quarantine(session, report.batch.failures, now)
@@ -146,6 +147,23 @@ class SourceIngest:
         ):
             self.newest_event = report.batch.newest_event
         return report
+
+    def _process(self, pipeline: Pipeline, records: list[tuple[str, Record]]) -> BatchResult:
+        """Run the pipeline file by file, so each finding's evidence names its file."""
+        total = BatchResult()
+        for key, group in groupby(records, key=lambda pair: pair[0]):
+            batch = pipeline.process([record for _, record in group], self.format, self.name)
+            total.events += batch.events
+            total.failures.extend(batch.failures)
+            total.findings.extend(
+                replace(f, evidence=tuple(replace(p, file_id=key) for p in f.evidence))
+                for f in batch.findings
+            )
+            if batch.newest_event and (
+                total.newest_event is None or batch.newest_event > total.newest_event
+            ):
+                total.newest_event = batch.newest_event
+        return total
 
     def _finished_files(self) -> list[str]:
         tracked = {f.identity.key for f in self.tailer.tracked()}

@@ -118,6 +118,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(max(min_level, logging.INFO))  # third-party debug chatter stays out
+    # APScheduler logs every job run at INFO; the deadline tick runs every few seconds.
+    logging.getLogger("apscheduler").setLevel(max(min_level, logging.WARNING))
 
 
 def pseudonymise(value: str, key: bytes) -> str:

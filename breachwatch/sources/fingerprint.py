@@ -93,3 +93,17 @@ def matches(identity: FileIdentity, path_or_fd: PathOrFd) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def same_content_prefix(identity: FileIdentity, fd: int) -> bool:
+    """True when the file's first ``fp_len`` bytes hash like ``identity``, whatever its inode:
+    a copy of that file (copytruncate writes the old content to a new inode)."""
+    if identity.fp_len == 0:
+        return False  # an empty prefix matches everything; it proves nothing
+    try:
+        prefix = _read_prefix(fd, identity.fp_len)
+    except OSError:
+        return False
+    return len(prefix) == identity.fp_len and (
+        hashlib.sha256(prefix).hexdigest() == identity.fp_hash
+    )

@@ -17,7 +17,12 @@ from datetime import datetime
 from breachwatch.clock import Clock
 from breachwatch.parsers.base import Line
 from breachwatch.sources.checkpoint import FileCheckpoint, FileIdentity
-from breachwatch.sources.fingerprint import FINGERPRINT_BYTES, identify_fd, matches
+from breachwatch.sources.fingerprint import (
+    FINGERPRINT_BYTES,
+    identify_fd,
+    matches,
+    same_content_prefix,
+)
 
 _BLOCK = 1 << 20
 _MIN_BLOCK = 64 * 1024
@@ -228,6 +233,7 @@ class Tailer:
             found[cp.identity.key] = _Followed(fd, candidate, cp.offset, cp.line_no, now, self._max)
             self._rotated.append(found[cp.identity.key])  # so that close() sees it on error
         self._missing = [cp for key, cp in wanted.items() if key not in found]
+        self._adopt_copies(now, found)
         at_path = self._open(self.path, report=True)
         if at_path is not None:
             st = os.fstat(at_path)
@@ -240,8 +246,56 @@ class Tailer:
                 # Unknown, or a known inode whose content changed: a new file, from 0.
                 self._primary = _Followed(at_path, self.path, 0, 0, now, self._max)
                 self._primary.reset_pending = key in wanted
+        rotated_away = [f for f in self._rotated if f is not self._primary]
+        if rotated_away:
+            # The checkpointed file was rotated while we were down; files rotated after it
+            # were created and filled while nobody read them.
+            self._adopt_missed(now, min(os.fstat(f.fd).st_mtime_ns for f in rotated_away))
         # Older rotated copies were last written earlier: drain them in that order.
         self._rotated.sort(key=lambda f: os.fstat(f.fd).st_mtime_ns)
+
+    def _known(self) -> set[str]:
+        files = [*self._rotated, *([self._primary] if self._primary else [])]
+        return {f.identity.key for f in files}
+
+    def _adopt_copies(self, now: datetime, found: dict[str, _Followed]) -> None:
+        """A checkpointed file that is gone may live on as a copy (copytruncate writes the
+        old content to a new inode): same first bytes. Its unread tail is read from there."""
+        for cp in list(self._missing):
+            for candidate in self._siblings()[1:]:
+                fd = self._open(candidate, report=False)
+                if fd is None:
+                    continue
+                st = os.fstat(fd)
+                key = f"{st.st_dev}:{st.st_ino}"
+                same_bytes = st.st_size >= cp.offset and same_content_prefix(cp.identity, fd)
+                if key in found or key in self._known() or not same_bytes:
+                    os.close(fd)
+                    continue
+                followed = _Followed(fd, candidate, cp.offset, cp.line_no, now, self._max)
+                found[key] = followed
+                self._rotated.append(followed)
+                self._missing.remove(cp)
+                break
+
+    def _adopt_missed(self, now: datetime, after_ns: int) -> None:
+        """Rotated siblings nobody has read, last written after ``after_ns``: read from 0."""
+        known = self._known()
+        try:
+            at_path = os.stat(self.path)
+            known.add(f"{at_path.st_dev}:{at_path.st_ino}")
+        except OSError:
+            pass
+        for candidate in self._siblings()[1:]:
+            fd = self._open(candidate, report=False)
+            if fd is None:
+                continue
+            st = os.fstat(fd)
+            if f"{st.st_dev}:{st.st_ino}" in known or st.st_mtime_ns < after_ns:
+                os.close(fd)
+                continue
+            self._rotated.append(_Followed(fd, candidate, 0, 0, now, self._max))
+            known.add(f"{st.st_dev}:{st.st_ino}")
 
     def _open(self, path: str, *, report: bool) -> int | None:
         """A read-only fd on the regular file at ``path``; None if there is none (yet)."""
@@ -276,6 +330,9 @@ class Tailer:
             primary.path = self._renamed_to(primary) or primary.path
             self._rotated.append(primary)
             self._primary = None
+            # Rotated more than once since the last look: pick up the files in between.
+            self._adopt_missed(now, os.fstat(primary.fd).st_mtime_ns)
+            self._rotated.sort(key=lambda f: os.fstat(f.fd).st_mtime_ns)
         if self._primary is not None or st is None:
             return
         fd = self._open(self.path, report=True)
