@@ -16,12 +16,17 @@ from pathlib import Path
 
 from breachwatch import __version__
 from breachwatch.errors import BreachwatchError, ConfigError, StateError
+from breachwatch.parsers.registry import FORMAT_NAMES
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_STATE, EXIT_RUNTIME = 0, 1, 2, 3, 4
 
 # Command groups that live in their own module: each has `register(subparsers)`, which adds its
 # parsers and sets `handler=` (a function taking the parsed arguments, returning an exit code).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "breachwatch.commands_incidents",
+    "breachwatch.commands_notify",
+    "breachwatch.commands_demo",
+)
 DEFAULT_CONFIG = os.environ.get("BREACHWATCH_CONFIG", "/etc/breachwatch/breachwatch.yml")
 
 EPILOG = """exit status: 0 ok (scan: no finding), 1 scan found something, 2 usage or config
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(scan)
     scan.add_argument(
         "--format",
-        choices=("pgaudit_stderr", "jsonl"),
+        choices=FORMAT_NAMES,
         help="log format (default: that of the configured source with the same "
         "file name, else of the first source)",
     )
