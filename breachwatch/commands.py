@@ -211,6 +211,10 @@ def _incident_json(incident: Incident, subjects: int) -> dict[str, Any]:
         "aware_at": _iso(incident.aware_at),
         "first_event_at": _iso(incident.first_event_at),
         "last_event_at": _iso(incident.last_event_at),
+        "aware_source": incident.aware_source,
+        "risk_band": incident.risk_band,
+        "risk_score": incident.risk_score,
+        "assignee": incident.assignee,
     }
 
 
@@ -325,6 +329,8 @@ def _show_incident(db: Database, args: argparse.Namespace) -> int:
         "subjects",
         "detected_at",
         "aware_at",
+        "risk_band",
+        "assignee",
     ):
         print(f"{key:>12}: {data[key]}")
     print("\nfindings:")
@@ -362,7 +368,7 @@ def obligations(args: argparse.Namespace) -> int:
         query = select(Obligation, Incident.ref).join(Incident).order_by(Obligation.due_at)
         if not args.all:
             query = query.where(Obligation.state == "open")
-        items = [_obligation_json(o, ref) for o, ref in session.execute(query).tuples()]
+        items = [_obligation_json(o, ref) for o, ref in session.execute(query).all()]
     if args.json:
         for item in items:
             _emit(item)
@@ -412,7 +418,7 @@ def notices(args: argparse.Namespace) -> int:
                 "sent_at": _iso(m.sent_at),
                 "error": m.last_error,
             }
-            for m, ref in session.execute(query).tuples()
+            for m, ref in session.execute(query).all()
         ]
     if args.json:
         for item in items:

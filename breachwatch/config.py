@@ -324,9 +324,9 @@ class NotificationsConfig(_Strict):
     channel: Literal["smtp", "mailfolder", "http_api"] | None = None
     http_api: HttpApiConfig | None = None
     burst: int = Field(default=10, ge=1)  # token bucket size of the customer channel
-    directory: Annotated[
-        SqlDirectoryConfig | HttpDirectoryConfig, Field(discriminator="type")
-    ] | None = None  # instead of the `customers` CSV when set
+    directory: (
+        Annotated[SqlDirectoryConfig | HttpDirectoryConfig, Field(discriminator="type")] | None
+    ) = None  # instead of the `customers` CSV when set
     security_team: SecurityTeamConfig | None = None
 
     @model_validator(mode="after")

@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import Gauge
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from breachwatch import __version__
 from breachwatch.clock import Clock, SystemClock
@@ -26,10 +28,14 @@ from breachwatch.incidents.deadlines import DeadlineKeeper
 from breachwatch.incidents.service import IncidentService
 from breachwatch.ingest import IngestReport, SourceIngest, load_detector_state
 from breachwatch.metrics.collector import SourceLag, StateCollector, StateSnapshot
-from breachwatch.metrics.registry import Metrics, MetricsServer, serve_metrics
-from breachwatch.notifications.channels import Channel, MailFolderChannel, SmtpChannel, read_secret
-from breachwatch.notifications.directory import CustomerDirectory
+from breachwatch.metrics.registry import Metrics, MetricsServer, label_token, serve_metrics
+from breachwatch.notifications.channels import Channel
 from breachwatch.notifications.outbox import OutboxWorker
+from breachwatch.notifications.wiring import (
+    build_customer_channel,
+    build_directory,
+    build_staff_channel,
+)
 from breachwatch.pipeline import Pipeline
 from breachwatch.sdnotify import SystemdNotifier
 from breachwatch.sources.watch import DirectoryWatcher
@@ -38,30 +44,12 @@ from breachwatch.store.schema import Incident, Obligation, OutboxMessage, Quaran
 
 log = structlog.get_logger("breachwatch.daemon")
 
+STATUS_INTERVAL = 2.0  # seconds between STATUS= updates to systemd
+
 
 def build_channel(config: DaemonConfig) -> Channel:
-    smtp = config.notifications.smtp
-    if smtp is None:
-        return MailFolderChannel(config.notifications.mail_folder)
-    password = None
-    if smtp.password_credential:
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not credentials:
-            raise BreachwatchError(
-                "notifications.smtp.password_credential is set but $CREDENTIALS_DIRECTORY is "
-                "not (run under systemd with LoadCredential=)"
-            )
-        password = read_secret(Path(credentials) / smtp.password_credential)
-    elif smtp.password_file:
-        password = read_secret(smtp.password_file)
-    return SmtpChannel(
-        smtp.host,
-        smtp.port,
-        security=smtp.security,
-        username=smtp.username,
-        password=password,
-        timeout=smtp.timeout.total_seconds(),
-    )
+    """The customer channel chosen by `notifications.channel` (notifications/wiring.py)."""
+    return build_customer_channel(config.notifications)
 
 
 @dataclass
@@ -88,6 +76,15 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self._signals = 0
         self._events_since_status = 0
+        self._status_at = 0.0
+        self._last_events_at: dict[str, datetime] = {}  # per source, for stall detection
+        self._stalled: set[str] = set()
+        self.source_stalled = Gauge(
+            "breachwatch_source_stalled",
+            "1 when a source produced no access event for its stall_after time.",
+            ["source"],
+            registry=self.metrics.registry,
+        )
 
     # ---- startup -----------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +102,10 @@ class Daemon:
             SourceIngest(s, self.db, self.clock, config.flush_after) for s in config.sources
         ]
         for source in self.sources:
+            self.metrics.init_source(source.name)
+            self.source_stalled.labels(source=label_token(source.name)).set(0)
+            self._last_events_at[source.name] = self.clock.now()
+        for source in self.sources:
             for lost in source.tailer.missing_checkpoints():
                 log.warning(
                     "checkpoint_file_missing",
@@ -115,7 +116,7 @@ class Daemon:
         self.watcher = DirectoryWatcher([str(s.path) for s in config.sources], self.flags.wake)
         self.watcher.start()
         self.channel = build_channel(config)
-        self.directory = CustomerDirectory.from_csv(config.notifications.customers)
+        self.directory = build_directory(config.notifications, self.clock)
         self.outbox = OutboxWorker(
             self.db,
             self.channel,
@@ -123,6 +124,7 @@ class Daemon:
             config.notifications,
             self.clock,
             observe=self.metrics.record_notice,
+            staff_channel=build_staff_channel(config.notifications),
         )
         self.deadlines = DeadlineKeeper(self.db, config, self.channel.name)
         resumed = self.outbox.reconcile()
@@ -139,7 +141,8 @@ class Daemon:
             metrics_port=self._metrics_server.port if self._metrics_server else None,
             reconciled_notices=resumed,
         )
-        self.notifier.ready()
+        self._status_at = self.clock.now().timestamp()
+        self.notifier.ready(self.status_text(0.0))
 
     def _start_scheduler(self) -> None:
         # Memory job store on purpose: the store is the truth and jobs are rebuilt from it
@@ -205,9 +208,12 @@ class Daemon:
             now = self.clock.now().timestamp()
             if watchdog and now - last_ping >= watchdog and self.healthy():
                 self.notifier.watchdog()
-                self.notifier.status(f"{self._events_since_status} events since last status")
-                self._events_since_status = 0
                 last_ping = now
+            if now - self._status_at >= STATUS_INTERVAL:
+                self.check_stalled()
+                self.notifier.status(self.status_text(now - self._status_at))
+                self._events_since_status = 0
+                self._status_at = now
             if not busy:
                 self.flags.wake.wait(interval)
                 self.flags.wake.clear()
@@ -222,6 +228,9 @@ class Daemon:
             except OSError as exc:
                 log.error("source_read_failed", source=source.name, error=str(exc))
                 continue
+            except SQLAlchemyError as exc:
+                self._recover_from_store_error(source, exc)
+                continue
             if report is not None:
                 busy = busy or report.lines > 0
                 self._after_commit(report)
@@ -232,6 +241,8 @@ class Daemon:
         m.record_read(report.source, report.lines, report.bytes)
         m.record_events(report.source, report.batch.events, report.batch.newest_event)
         self._events_since_status += report.batch.events
+        if report.batch.events:
+            self._last_events_at[report.source] = self.clock.now()
         for _record, failure in report.batch.failures:
             m.record_parse_error(report.source, failure.reason)
         for finding in report.recorded.new_findings:
@@ -245,6 +256,58 @@ class Daemon:
             )
         if report.recorded.new_obligations:
             self.plan_wakeups()
+
+    def _recover_from_store_error(self, source: SourceIngest, exc: SQLAlchemyError) -> None:
+        """The batch was rolled back (store locked, disk full): forget what was read in memory
+        and resume from the committed offsets and detector state, so no line is lost."""
+        log.error(
+            "store_write_failed",
+            source=source.name,
+            error=(str(getattr(exc, "orig", None) or exc).splitlines() or ["?"])[0],
+            note="batch rolled back; re-reading from the last committed offset",
+        )
+        index = self.sources.index(source)
+        try:
+            fresh = SourceIngest(source.config, self.db, self.clock, self.config.flush_after)
+            load_detector_state(self.db, self.pipeline)
+        except SQLAlchemyError:
+            self.flags.wake.wait(1.0)  # store still unavailable: keep the old one, retry later
+            return
+        source.close()
+        self.sources[index] = fresh
+        self.flags.wake.wait(1.0)  # do not spin on a store that refuses writes
+
+    def check_stalled(self) -> None:
+        """A source with no event for its ``stall_after`` is flagged (metric + log), once."""
+        now = self.clock.now()
+        for source in self.sources:
+            name = source.name
+            quiet = now - self._last_events_at.get(name, now)
+            stalled = quiet >= source.config.stall_after
+            if stalled and name not in self._stalled:
+                self._stalled.add(name)
+                log.warning(
+                    "source_stalled", source=name, quiet_seconds=round(quiet.total_seconds())
+                )
+            elif not stalled and name in self._stalled:
+                self._stalled.discard(name)
+                log.info("source_resumed", source=name)
+            self.source_stalled.labels(source=label_token(name)).set(1 if stalled else 0)
+
+    def status_text(self, elapsed: float) -> str:
+        rate = self._events_since_status / elapsed if elapsed > 0 else 0.0
+        try:
+            with self.db.transaction() as session:
+                open_incidents = session.scalar(
+                    select(func.count())
+                    .select_from(Incident)
+                    .where(Incident.state.notin_(("closed", "dismissed")))
+                )
+            incidents = f"{open_incidents or 0} open incidents"
+        except SQLAlchemyError:
+            incidents = "store unreadable"
+        stalled = f", stalled: {','.join(sorted(self._stalled))}" if self._stalled else ""
+        return f"{rate:.1f} events/s, {incidents}{stalled}"
 
     def healthy(self) -> bool:
         return self.watcher.is_alive() and self.scheduler.running
@@ -312,6 +375,7 @@ class Daemon:
     # ---- shutdown ----------------------------------------------------------------------
     def shutdown(self) -> None:
         self.notifier.stopping()
+        self.notifier.status("stopping")
         self.watcher.stop()
         self.scheduler.shutdown(wait=True)
         for source in self.sources:

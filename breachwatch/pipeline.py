@@ -6,21 +6,19 @@ the daemon commits it with the offsets that produced it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from breachwatch.detection.findings import Detector, Finding
-from breachwatch.detection.need_to_know import NeedToKnowDetector, resolve_person
-from breachwatch.detection.policy import Policy
+from breachwatch.detection.findings import Finding
+from breachwatch.detection.need_to_know import NeedToKnowDetector, PolicyView
+from breachwatch.detection.policy import Policy, StaffMember
 from breachwatch.detection.volume import DistinctSubjectsDetector, UnboundedReadDetector
 from breachwatch.errors import ParseFailure
 from breachwatch.events import AccessEvent
 from breachwatch.parsers.base import LogFormat, Record
 from breachwatch.sql.enrich import SqlEnricher
-
-Enricher = Callable[[AccessEvent], AccessEvent]
 
 
 @dataclass
@@ -36,41 +34,47 @@ class Pipeline:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._enrichers: tuple[Enricher, ...] = (
-            SqlEnricher(
-                policy.subject_columns(),
-                policy.anomaly.limit_bound,
-                identifying_columns=policy.identifying_columns(),
-            ),
-            resolve_person(policy),
+        self._view = view = PolicyView(policy)
+        self._sql = SqlEnricher(
+            policy.subject_columns(),
+            policy.anomaly.limit_bound,
+            identifying_columns=policy.identifying_columns(),
         )
-        self._volume = DistinctSubjectsDetector(policy)
-        self._detectors: tuple[Detector, ...] = (
-            NeedToKnowDetector(policy),
-            UnboundedReadDetector(policy),
-            self._volume,
-        )
+        self._need_to_know = NeedToKnowDetector(view)
+        self._unbounded = UnboundedReadDetector(view)
+        self._volume = DistinctSubjectsDetector(view)
 
     def process(self, records: Iterable[Record], fmt: LogFormat, store: str) -> BatchResult:
         result = BatchResult()
+        findings = result.findings
+        evaluate = self.evaluate
+        newest = None
+        events = 0
         for record in records:
             parsed = fmt.parse(record, store)
             if isinstance(parsed, ParseFailure):
                 result.failures.append((record, parsed))
                 continue
             for event in parsed:
-                result.events += 1
-                if result.newest_event is None or event.time > result.newest_event:
-                    result.newest_event = event.time
-                result.findings.extend(self.evaluate(event))
+                events += 1
+                if newest is None or event.time > newest:
+                    newest = event.time
+                found = evaluate(event)
+                if found:
+                    findings.extend(found)
+        result.events = events
+        result.newest_event = newest
         return result
 
     def evaluate(self, event: AccessEvent) -> list[Finding]:
-        for enrich in self._enrichers:
-            event = enrich(event)
-        findings: list[Finding] = []
-        for detect in self._detectors:
-            findings.extend(detect(event))
+        # Enrichment sets the person and the SQL-derived fields in one rebuild of the event.
+        actor = self._view.resolve_actor(event.actor)
+        person = actor.person if isinstance(actor, StaffMember) else event.person
+        event = self._sql.enrich(event, person)
+        findings = self._need_to_know(event)
+        for more in (self._unbounded(event), self._volume(event)):
+            if more:
+                findings = [*findings, *more]
         return findings
 
     def snapshot(self) -> dict[str, Any]:

@@ -26,29 +26,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pg_line(when: str, pid: int, user: str, message: str, app: str = "psql",
-            host: str = "127.0.0.1") -> str:
+def pg_line(
+    when: str, pid: int, user: str, message: str, app: str = "psql", host: str = "127.0.0.1"
+) -> str:
     """A stderr log line as PostgreSQL writes it with the prefix above."""
     return f"{when} [{pid}] {user}@webhostdb {app} {host} {message}\n"
 
 
 def audit_read(when: str, pid: int, user: str, stmt_id: int, table: str, sql: str) -> str:
     quoted = '"' + sql.replace('"', '""') + '"' if any(c in sql for c in ',"\n') else sql
-    return pg_line(when, pid, user,
-                   f"LOG:  AUDIT: SESSION,{stmt_id},1,READ,SELECT,TABLE,{table},{quoted},<none>")
+    return pg_line(
+        when,
+        pid,
+        user,
+        f"LOG:  AUDIT: SESSION,{stmt_id},1,READ,SELECT,TABLE,{table},{quoted},<none>",
+    )
 
 
-def write_config(tmp: Path, *, smtp_port: int | None, hold: str = "0s",
-                 metrics_port: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+def write_config(
+    tmp: Path,
+    *,
+    smtp_port: int | None,
+    hold: str = "0s",
+    metrics_port: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     shipped = yaml.safe_load((REPO / "config" / "breachwatch.yml").read_text())
     config: dict[str, Any] = dict(shipped)
     config["state_dir"] = str(tmp / "state")
     config["policy"] = str(REPO / "config" / "policy.yml")
-    config["sources"] = [{
-        "name": "pg-main", "path": str(tmp / "logs" / "postgresql.log"),
-        "format": "pgaudit_stderr",
-        "options": {"log_line_prefix": PREFIX, "timezone": "Europe/Brussels"},
-    }]
+    config["sources"] = [
+        {
+            "name": "pg-main",
+            "path": str(tmp / "logs" / "postgresql.log"),
+            "format": "pgaudit_stderr",
+            "options": {"log_line_prefix": PREFIX, "timezone": "Europe/Brussels"},
+        }
+    ]
     config["obligations"] = {**shipped["obligations"], "hold": hold}
     notifications = dict(shipped["notifications"])
     notifications["customers"] = str(REPO / "config" / "customers.csv")
@@ -67,8 +81,13 @@ def write_config(tmp: Path, *, smtp_port: int | None, hold: str = "0s",
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "breachwatch.cli", *args, "--config",
-                           str(config)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "breachwatch.cli", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def cli_json(config: Path, *args: str) -> list[dict[str, Any]]:
@@ -89,9 +108,17 @@ class DaemonProcess:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "breachwatch.cli", "run", "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        wait_for(lambda: "\"started\"" in self.log_path.read_text() or None, 30,
-                 f"daemon start (log: {self.log_path})", self)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        wait_for(
+            lambda: '"started"' in self.log_path.read_text() or None,
+            30,
+            f"daemon start (log: {self.log_path})",
+            self,
+        )
         return self
 
     def alive(self) -> bool:
@@ -114,16 +141,18 @@ class DaemonProcess:
         return int(self.proc.returncode)
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
-             daemon: DaemonProcess | None = None) -> T:
+def wait_for(
+    probe: Callable[[], T | None], timeout: float, what: str, daemon: DaemonProcess | None = None
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value:
             return value
         if daemon is not None and not daemon.alive():
-            raise AssertionError(f"daemon exited while waiting for {what}:\n"
-                                 f"{daemon.log_path.read_text()[-4000:]}")
+            raise AssertionError(
+                f"daemon exited while waiting for {what}:\n{daemon.log_path.read_text()[-4000:]}"
+            )
         time.sleep(0.1)
     log = daemon.log_path.read_text()[-4000:] if daemon else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log}")

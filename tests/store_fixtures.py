@@ -23,13 +23,26 @@ def make_db(config: DaemonConfig) -> Database:
     return db
 
 
-def finding(when: datetime, *, actor: str = "kevin_helpdesk", offset: int = 0,
-            severity: Severity = Severity.CRITICAL, subjects: tuple[str, ...] = ("1001",),
-            rule: str = "ntk.departed_account") -> Finding:
+def finding(
+    when: datetime,
+    *,
+    actor: str = "kevin_helpdesk",
+    offset: int = 0,
+    severity: Severity = Severity.CRITICAL,
+    subjects: tuple[str, ...] = ("1001",),
+    rule: str = "ntk.departed_account",
+) -> Finding:
     return Finding(
-        rule=rule, severity=severity, time=when, actor=actor, store="pg-main",
-        explanation="test finding", controls=("ISO27001:2022 A.5.18",),
+        rule=rule,
+        severity=severity,
+        time=when,
+        actor=actor,
+        store="pg-main",
+        explanation="test finding",
+        controls=("ISO27001:2022 A.5.18",),
         evidence=(SourcePosition("/var/log/pg.log", offset, offset // 100 + 1, 100),),
-        person="kevin", objects=("clients.accounts",), subjects=subjects,
+        person="kevin",
+        objects=("clients.accounts",),
+        subjects=subjects,
         categories=("identity", "contact"),
     )

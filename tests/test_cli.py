@@ -13,15 +13,32 @@ from tests.daemon_harness import REPO, audit_read, write_config
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "breachwatch.cli", *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "breachwatch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
 
 
-@pytest.mark.parametrize("command", [
-    [], ["run"], ["check-config"], ["scan"], ["incidents"], ["incidents", "list"],
-    ["incidents", "show"], ["incidents", "confirm"], ["obligations"], ["notices"],
-    ["quarantine"], ["rules"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["run"],
+        ["check-config"],
+        ["scan"],
+        ["incidents"],
+        ["incidents", "list"],
+        ["incidents", "show"],
+        ["incidents", "confirm"],
+        ["obligations"],
+        ["notices"],
+        ["quarantine"],
+        ["rules"],
+    ],
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -45,16 +62,18 @@ def test_check_config_refuses_with_file_line_and_key_path(tmp_path: Path) -> Non
     assert f"{config}:{line}: obligations.hold:" in result.stderr
     assert "duration" in result.stderr
 
-    config.write_text(text.replace("hold: soon", "hold: 1m").replace("poll_interval:",
-                                                                     "pol_interval:"))
+    config.write_text(
+        text.replace("hold: soon", "hold: 1m").replace("poll_interval:", "pol_interval:")
+    )
     result = run("check-config", "--config", str(config))
     assert result.returncode == 2 and "pol_interval: unknown key" in result.stderr
 
 
 def test_check_config_refuses_a_bad_policy(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yml"
-    policy.write_text((REPO / "config" / "policy.yml").read_text().replace(
-        "actions: [read", "actions: [peek", 1))
+    policy.write_text(
+        (REPO / "config" / "policy.yml").read_text().replace("actions: [read", "actions: [peek", 1)
+    )
     config = write_config(tmp_path, smtp_port=None, extra={"policy": str(policy)})
     result = run("check-config", "--config", str(config))
     assert result.returncode == 2
@@ -64,17 +83,32 @@ def test_check_config_refuses_a_bad_policy(tmp_path: Path) -> None:
 def test_scan_json_exit_codes_and_positions(tmp_path: Path) -> None:
     config = write_config(tmp_path, smtp_port=None)
     benign = tmp_path / "benign.log"
-    benign.write_text(audit_read("2026-11-30 10:00:01.000 CET", 1, "svc_shop", 1,
-                                 "clients.accounts",
-                                 "SELECT id FROM accounts WHERE email = 'a@example.org'"))
+    benign.write_text(
+        audit_read(
+            "2026-11-30 10:00:01.000 CET",
+            1,
+            "svc_shop",
+            1,
+            "clients.accounts",
+            "SELECT id FROM accounts WHERE email = 'a@example.org'",
+        )
+    )
     assert run("scan", "--config", str(config), "--json", str(benign)).returncode == 0
 
     log = tmp_path / "postgresql.log"
-    first = audit_read("2026-11-30 10:00:01.000 CET", 1, "svc_shop", 1, "clients.accounts",
-                       "SELECT id FROM accounts WHERE email = 'a@example.org'")
-    multi = ("2026-11-30 10:00:02.000 CET [42] kevin_helpdesk@webhostdb psql 127.0.0.1 LOG:  "
-             "AUDIT: SESSION,1,1,READ,SELECT,TABLE,clients.accounts,\"SELECT full_name\n"
-             "\t  FROM clients.accounts\n\t WHERE id = 1002;\",<none>\n")
+    first = audit_read(
+        "2026-11-30 10:00:01.000 CET",
+        1,
+        "svc_shop",
+        1,
+        "clients.accounts",
+        "SELECT id FROM accounts WHERE email = 'a@example.org'",
+    )
+    multi = (
+        "2026-11-30 10:00:02.000 CET [42] kevin_helpdesk@webhostdb psql 127.0.0.1 LOG:  "
+        'AUDIT: SESSION,1,1,READ,SELECT,TABLE,clients.accounts,"SELECT full_name\n'
+        '\t  FROM clients.accounts\n\t WHERE id = 1002;",<none>\n'
+    )
     log.write_text(first + multi)
     result = run("scan", "--config", str(config), "--json", str(log))
     assert result.returncode == 1, result.stderr
@@ -104,8 +138,14 @@ def test_scan_reads_gzip_and_counts_unparsed_lines(tmp_path: Path) -> None:
     import gzip
 
     config = write_config(tmp_path, smtp_port=None)
-    line = audit_read("2026-11-30 10:00:02.000 CET", 7, "kevin_helpdesk", 1,
-                      "clients.accounts", "SELECT email FROM clients.accounts WHERE id = 1001")
+    line = audit_read(
+        "2026-11-30 10:00:02.000 CET",
+        7,
+        "kevin_helpdesk",
+        1,
+        "clients.accounts",
+        "SELECT email FROM clients.accounts WHERE id = 1001",
+    )
     path = tmp_path / "old.log.gz"
     path.write_bytes(gzip.compress(("garbage that is no log line\n" + line).encode()))
     result = run("scan", "--config", str(config), "--json", str(path))
@@ -118,6 +158,5 @@ def test_incident_commands_on_an_empty_store(tmp_path: Path) -> None:
     config = write_config(tmp_path, smtp_port=None)
     listing = run("incidents", "list", "--config", str(config), "--json")
     assert listing.returncode == 0 and listing.stdout == ""
-    missing = run("incidents", "confirm", "BW-2026-0042", "--reason", "x", "--config",
-                  str(config))
+    missing = run("incidents", "confirm", "BW-2026-0042", "--reason", "x", "--config", str(config))
     assert missing.returncode == 3 and "no incident" in missing.stderr

@@ -19,9 +19,14 @@ LINES = 300
 
 def _line(i: int) -> str:
     # every line is a finding of its own (departed account) with its own subject
-    return audit_read("2026-11-30 10:00:00.000 CET", 5000 + i, "kevin_helpdesk", i,
-                      "clients.accounts",
-                      f"SELECT email FROM clients.accounts WHERE id = {100000 + i};")
+    return audit_read(
+        "2026-11-30 10:00:00.000 CET",
+        5000 + i,
+        "kevin_helpdesk",
+        i,
+        "clients.accounts",
+        f"SELECT email FROM clients.accounts WHERE id = {100000 + i};",
+    )
 
 
 def _writer(log: Path, rotations: int) -> threading.Thread:
@@ -57,8 +62,13 @@ def test_rotation_and_kills_while_writing_lose_and_double_nothing(tmp_path: Path
     writer = _writer(log, rotations=3)
     try:
         for n in range(2):
-            wait_for(lambda: len(_subjects(db)) > (n + 1) * LINES // 4 or None, 30,
-                     "progress before a kill", daemon)
+            target = (n + 1) * LINES // 4
+            wait_for(
+                lambda target=target: len(_subjects(db)) > target or None,  # type: ignore[misc]
+                30,
+                "progress before a kill",
+                daemon,
+            )
             daemon.kill9()
             daemon = DaemonProcess(config, tmp_path / f"d{n + 2}.out").start()
         writer.join(30)

@@ -29,7 +29,8 @@ def test_plan_gdpr_and_customer_notice_from_detection() -> None:
     assert plans[1].release_at == T0 + config.hold
     # a medium incident without subjects: only the authority clock
     assert [p.regime for p in plan_obligations(Severity.MEDIUM, False, T0, config)] == [
-        "gdpr_art33"]
+        "gdpr_art33"
+    ]
 
 
 def test_72h_is_elapsed_time_across_the_dst_change() -> None:
@@ -40,16 +41,17 @@ def test_72h_is_elapsed_time_across_the_dst_change() -> None:
 
 def test_status_and_next_action_are_pure() -> None:
     due = T0 + timedelta(hours=72)
-    kwargs = dict(clock_start=T0, due_at=due, release_at=None, released=False,
-                  fractions=(0.5, 0.75, 0.9))
+    kwargs = dict(
+        clock_start=T0, due_at=due, release_at=None, released=False, fractions=(0.5, 0.75, 0.9)
+    )
     assert status_at(reminders_sent=(), now=T0 + timedelta(hours=1), **kwargs).reminders_due == ()
     at_60h = status_at(reminders_sent=(0.5,), now=T0 + timedelta(hours=60), **kwargs)
     assert at_60h.reminders_due == (0.75,) and not at_60h.overdue
     assert status_at(reminders_sent=(0.5, 0.75, 0.9), now=due, **kwargs).overdue
-    assert next_action_at(reminders_sent=(0.5,), overdue_recorded=False, **kwargs) == \
-        T0 + timedelta(hours=54)
-    assert next_action_at(reminders_sent=(0.5, 0.75, 0.9), overdue_recorded=True,
-                          **kwargs) is None
+    assert next_action_at(
+        reminders_sent=(0.5,), overdue_recorded=False, **kwargs
+    ) == T0 + timedelta(hours=54)
+    assert next_action_at(reminders_sent=(0.5, 0.75, 0.9), overdue_recorded=True, **kwargs) is None
 
 
 def test_obligation_reminds_then_goes_overdue(tmp_path: Path) -> None:
@@ -65,7 +67,11 @@ def test_obligation_reminds_then_goes_overdue(tmp_path: Path) -> None:
     assert keeper.tick(T0 + timedelta(hours=36, minutes=5)).reminders == []  # once only
     late = keeper.tick(T0 + timedelta(hours=80))
     assert sorted(r[1:] for r in late.reminders) == [
-        ("gdpr_art33", 0.75), ("gdpr_art33", 0.9), ("gdpr_art34", 0.75), ("gdpr_art34", 0.9)]
+        ("gdpr_art33", 0.75),
+        ("gdpr_art33", 0.9),
+        ("gdpr_art34", 0.75),
+        ("gdpr_art34", 0.9),
+    ]
     assert sorted(r[1] for r in late.overdue) == ["gdpr_art33", "gdpr_art34"]
     assert keeper.tick(T0 + timedelta(hours=81)).overdue == []
     with db.transaction() as session:
@@ -85,8 +91,11 @@ def test_notices_released_after_hold_once_per_subject(tmp_path: Path) -> None:
     assert keeper.tick(T0 + timedelta(minutes=30)).enqueued == 2
     assert keeper.tick(T0 + timedelta(minutes=31)).enqueued == 0
     with db.transaction() as session:  # a later finding adds a subject: one more notice only
-        service.record(session, [finding(T0 + timedelta(minutes=40), offset=500,
-                                         subjects=("1003",))], T0 + timedelta(minutes=40))
+        service.record(
+            session,
+            [finding(T0 + timedelta(minutes=40), offset=500, subjects=("1003",))],
+            T0 + timedelta(minutes=40),
+        )
     assert keeper.tick(T0 + timedelta(minutes=41)).enqueued == 1
     with db.transaction() as session:
         keys = sorted(m.recipient_id for m in session.scalars(select(OutboxMessage)))
@@ -101,8 +110,9 @@ def test_dismissal_during_hold_cancels_everything(tmp_path: Path) -> None:
         opened = service.record(session, [finding(T0)], T0).opened[0]
         ref = opened.ref
     with db.transaction() as session:
-        service.transition(session, ref, IncidentState.DISMISSED, "dpo", "test data",
-                           T0 + timedelta(minutes=5))
+        service.transition(
+            session, ref, IncidentState.DISMISSED, "dpo", "test data", T0 + timedelta(minutes=5)
+        )
     report = DeadlineKeeper(db, config, "smtp").tick(T0 + timedelta(hours=80))
     assert report.enqueued == 0 and report.overdue == [] and report.reminders == []
     with db.transaction() as session:

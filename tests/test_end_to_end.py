@@ -22,12 +22,23 @@ from tests.smtp_server import start_smtp_server
 
 pytestmark = pytest.mark.slow
 
-BENIGN = audit_read("2026-11-30 10:00:01.000 CET", 4100, "svc_shop", 1, "clients.accounts",
-                    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'")
+BENIGN = audit_read(
+    "2026-11-30 10:00:01.000 CET",
+    4100,
+    "svc_shop",
+    1,
+    "clients.accounts",
+    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'",
+)
 # kevin left the company; his account reading customer 1001 (French-speaking) is a breach
-VIOLATION = audit_read("2026-11-30 10:00:02.000 CET", 4242, "kevin_helpdesk", 1,
-                       "clients.accounts",
-                       "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;")
+VIOLATION = audit_read(
+    "2026-11-30 10:00:02.000 CET",
+    4242,
+    "kevin_helpdesk",
+    1,
+    "clients.accounts",
+    "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;",
+)
 
 
 def _scrape(port: int) -> str:
@@ -63,17 +74,24 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
     daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
     try:
         _append(log, BENIGN + VIOLATION)
-        incidents = wait_for(lambda: cli_json(config, "incidents", "list"), 15,
-                             "an incident", daemon)
+        incidents = wait_for(
+            lambda: cli_json(config, "incidents", "list"), 15, "an incident", daemon
+        )
         assert len(incidents) == 1
         assert incidents[0]["actor"] == "kevin_helpdesk"
         assert incidents[0]["severity"] == "critical"
         assert incidents[0]["subjects"] == 1
         assert {o["regime"] for o in cli_json(config, "obligations", "--all")} == {
-            "gdpr_art33", "gdpr_art34"}
+            "gdpr_art33",
+            "gdpr_art34",
+        }
 
-        mail = wait_for(lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"), 20,
-                        "the breach e-mail", daemon)
+        mail = wait_for(
+            lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"),
+            20,
+            "the breach e-mail",
+            daemon,
+        )
         assert len(mail) == 1
         message = mail[0]
         assert message["Content-Language"] == "fr"
@@ -84,14 +102,20 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
         assert incidents[0]["ref"] in text or incidents[0]["ref"] in str(message["Subject"])
 
         metrics = wait_for(lambda: _scrape(metrics_port), 5, "metrics")
-        assert _metric(metrics, "breachwatch_open_incidents", state="suspected",
-                       severity="critical") == 1
-        assert (_metric(metrics, "breachwatch_findings_total", rule="ntk.departed_account")
-                or 0) >= 1
+        assert (
+            _metric(metrics, "breachwatch_open_incidents", state="suspected", severity="critical")
+            == 1
+        )
+        assert (
+            _metric(metrics, "breachwatch_findings_total", rule="ntk.departed_account") or 0
+        ) >= 1
         assert _metric(metrics, "breachwatch_events_total", source="pg-main") == 2
         assert "kevin" not in metrics and "1001" not in metrics  # no personal data in labels
-        sent = wait_for(lambda: _metric(_scrape(metrics_port), "breachwatch_notices_total",
-                                        outcome="sent"), 5, "sent counter")
+        sent = wait_for(
+            lambda: _metric(_scrape(metrics_port), "breachwatch_notices_total", outcome="sent"),
+            5,
+            "sent counter",
+        )
         assert sent == 1
     finally:
         assert daemon.stop() == 0
@@ -113,11 +137,19 @@ def test_kill_9_between_append_and_email_gives_one_incident_one_email(tmp_path: 
 
     restarted = DaemonProcess(config, tmp_path / "daemon2.out").start()
     try:
-        wait_for(lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"), 20,
-                 "the breach e-mail after restart", restarted)
+        wait_for(
+            lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"),
+            20,
+            "the breach e-mail after restart",
+            restarted,
+        )
         # give a duplicate every chance to show up before counting
-        wait_for(lambda: [n for n in cli_json(config, "notices") if n["state"] == "sent"], 10,
-                 "the outbox to record the send", restarted)
+        wait_for(
+            lambda: [n for n in cli_json(config, "notices") if n["state"] == "sent"],
+            10,
+            "the outbox to record the send",
+            restarted,
+        )
     finally:
         restarted.stop()
         smtp.stop()

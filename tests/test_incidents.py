@@ -22,8 +22,10 @@ def test_fifty_findings_of_one_actor_make_one_incident(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     db = make_db(config)
     service = IncidentService(config)
-    findings = [finding(T0 + timedelta(minutes=i), offset=i * 100, subjects=(str(2000 + i),))
-                for i in range(50)]
+    findings = [
+        finding(T0 + timedelta(minutes=i), offset=i * 100, subjects=(str(2000 + i),))
+        for i in range(50)
+    ]
     with db.transaction() as session:
         result = service.record(session, findings, T0)
     assert len(result.opened) == 1
@@ -64,8 +66,18 @@ def test_low_findings_open_no_incident_but_join_an_open_one(tmp_path: Path) -> N
     with db.transaction() as session:
         assert service.record(session, [low], T0).opened == []
         service.record(session, [finding(T0 + timedelta(minutes=1), offset=300)], T0)
-        service.record(session, [finding(T0 + timedelta(minutes=2), offset=400,
-                                         severity=Severity.LOW, rule="auth.failed_login")], T0)
+        service.record(
+            session,
+            [
+                finding(
+                    T0 + timedelta(minutes=2),
+                    offset=400,
+                    severity=Severity.LOW,
+                    rule="auth.failed_login",
+                )
+            ],
+            T0,
+        )
     with db.transaction() as session:
         rows = list(session.scalars(select(FindingRow).order_by(FindingRow.id)))
         assert [r.incident_id is None for r in rows] == [True, False, False]
@@ -78,15 +90,23 @@ def test_transitions_are_enforced_and_kept_in_history(tmp_path: Path) -> None:
     with db.transaction() as session:
         ref = service.record(session, [finding(T0)], T0).opened[0].ref
     with db.transaction() as session:
-        incident = service.transition(session, ref, IncidentState.CONFIRMED, "dpo",
-                                      "customer data read by a departed account", T0)
+        incident = service.transition(
+            session,
+            ref,
+            IncidentState.CONFIRMED,
+            "dpo",
+            "customer data read by a departed account",
+            T0,
+        )
         assert incident.aware_at == T0
     with db.transaction() as session, pytest.raises(StateError, match="cannot go from"):
         service.transition(session, ref, IncidentState.SUSPECTED, "dpo", "oops", T0)
     with db.transaction() as session, pytest.raises(StateError, match="no incident"):
         service.transition(session, "BW-1999-0001", IncidentState.CLOSED, "dpo", "x", T0)
     with db.transaction() as session:
-        actions = [(h.by, h.action) for h in session.scalars(
-            select(IncidentHistory).order_by(IncidentHistory.id))]
+        actions = [
+            (h.by, h.action)
+            for h in session.scalars(select(IncidentHistory).order_by(IncidentHistory.id))
+        ]
     assert actions[0] == ("breachwatch", "opened")
     assert ("dpo", "state") in actions

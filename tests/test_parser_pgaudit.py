@@ -297,7 +297,7 @@ def test_split_csv() -> None:
 
 
 def test_registry() -> None:
-    assert set(FORMAT_NAMES) == {"pgaudit_stderr", "jsonl"}
+    assert {"pgaudit_stderr", "pgaudit_csvlog", "pgaudit_jsonlog", "jsonl"} <= set(FORMAT_NAMES)
     fmt = build_format("pgaudit_stderr", {"log_line_prefix": PREFIX, "timezone": "Europe/Berlin"})
     assert fmt.name == "pgaudit_stderr"
     with pytest.raises(ValueError, match="jsonl"):

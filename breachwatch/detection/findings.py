@@ -46,9 +46,7 @@ class Finding:
     def key(self) -> str:
         """Stable identity: the same rule on the same records is the same finding."""
         first = self.evidence[0] if self.evidence else None
-        where = (
-            f"{first.file_id or first.path}@{first.offset}" if first else self.time.isoformat()
-        )
+        where = f"{first.file_id or first.path}@{first.offset}" if first else self.time.isoformat()
         return f"{self.rule}|{self.store}|{where}"
 
 

@@ -19,10 +19,11 @@ Objects absent from the data map hold no personal data and never raise an ntk fi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
-from breachwatch.detection.findings import Finding
+from breachwatch.detection.findings import Finding, Severity
 from breachwatch.detection.policy import Policy, ServiceAccount, StaffMember, StaffStatus
 from breachwatch.detection.rules import RULES
 from breachwatch.events import AccessEvent, Action
@@ -44,7 +45,73 @@ _ATTEMPT = {
 }
 
 
-def person_of(policy: Policy, event: AccessEvent) -> str | None:
+# Object names come from log records, so every cache keyed by them is bounded.
+_CACHE_LIMIT = 4096
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+class PolicyView:
+    """The policy lookups detectors make per event, in plain dicts.
+
+    Policy keeps its indexes in pydantic private attributes, and each access to one goes
+    through pydantic's ``__getattr__``: at one event per log line that was a third of the
+    detection time. The view answers the same questions with the same semantics.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.anomaly = policy.anomaly
+        self._actors: dict[str, StaffMember | ServiceAccount] = {}
+        for member in policy.staff:
+            self._actors.update(dict.fromkeys(member.accounts, member))
+        for service in policy.service_accounts:
+            self._actors[service.account] = service
+        self._severity = {rule: policy.severity_of(rule) for rule in RULES}
+        self._personal: dict[tuple[str, str], bool] = {}
+        self._categories: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._granted: dict[tuple[frozenset[str], str, str, Action], bool] = {}
+
+    def resolve_actor(self, account: str) -> StaffMember | ServiceAccount | None:
+        return self._actors.get(account)
+
+    def roles_of(self, account: str) -> frozenset[str]:
+        actor = self._actors.get(account)
+        return frozenset(actor.roles) if actor is not None else frozenset()
+
+    def severity_of(self, rule: str) -> Severity:
+        return self._severity[rule]
+
+    def is_personal(self, store: str, obj: str) -> bool:
+        key = (store, obj)
+        found = self._personal.get(key)
+        if found is None:
+            found = self.policy.data_entry(store, obj) is not None
+            _remember(self._personal, key, found)
+        return found
+
+    def categories_of(self, store: str, objects: Iterable[str]) -> tuple[str, ...]:
+        key = (store, tuple(objects))
+        found = self._categories.get(key)
+        if found is None:
+            found = self.policy.categories_of(store, key[1])
+            _remember(self._categories, key, found)
+        return found
+
+    def is_granted(self, roles: frozenset[str], store: str, obj: str, action: Action) -> bool:
+        key = (roles, store, obj, action)
+        found = self._granted.get(key)
+        if found is None:
+            found = self.policy.is_granted(roles, store, obj, action)
+            _remember(self._granted, key, found)
+        return found
+
+
+def person_of(policy: Policy | PolicyView, event: AccessEvent) -> str | None:
     """The pseudonymous person behind the event's account, when it is staff."""
     actor = policy.resolve_actor(event.actor)
     return actor.person if isinstance(actor, StaffMember) else event.person
@@ -58,7 +125,7 @@ def describe_actor(event: AccessEvent, person: str | None) -> str:
 
 
 def finding(
-    policy: Policy,
+    policy: Policy | PolicyView,
     rule: str,
     event: AccessEvent,
     explanation: str,
@@ -86,15 +153,34 @@ def finding(
 class NeedToKnowDetector:
     """Callable detector: ``detector(event) -> list[Finding]``."""
 
-    def __init__(self, policy: Policy) -> None:
-        self._policy = policy
+    def __init__(self, policy: Policy | PolicyView) -> None:
+        self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
+        # (actor, store, objects, action) -> True when such an event raises nothing: the
+        # verdict depends on nothing else, and most events of a day repeat one of a few keys.
+        self._quiet: dict[tuple[str, str, tuple[str, ...], Action], bool] = {}
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
+        key = (event.actor, event.store, event.objects, event.action)
+        quiet = self._quiet.get(key)
+        if quiet is None:
+            quiet = self._is_quiet(event)
+            _remember(self._quiet, key, quiet)
+        return [] if quiet else self._judge(event)
+
+    def _is_quiet(self, event: AccessEvent) -> bool:
+        if event.action in (Action.DENIED, Action.LOGIN_FAILED):
+            return False
+        actor = self._policy.resolve_actor(event.actor)
+        if isinstance(actor, StaffMember) and actor.status is not StaffStatus.ACTIVE:
+            return False
+        return not self._judge(event)
+
+    def _judge(self, event: AccessEvent) -> list[Finding]:
         policy = self._policy
         actor = policy.resolve_actor(event.actor)
         person = actor.person if isinstance(actor, StaffMember) else event.person
         who = describe_actor(event, person)
-        personal = tuple(o for o in event.objects if policy.data_entry(event.store, o))
+        personal = tuple(o for o in event.objects if policy.is_personal(event.store, o))
         found: list[Finding] = []
 
         if isinstance(actor, StaffMember) and actor.status is not StaffStatus.ACTIVE:
@@ -191,11 +277,12 @@ def _what(event: AccessEvent) -> str:
     return f"{_ATTEMPT[event.action]} at {event.store}"
 
 
-def resolve_person(policy: Policy) -> Callable[[AccessEvent], AccessEvent]:
+def resolve_person(policy: Policy | PolicyView) -> Callable[[AccessEvent], AccessEvent]:
     """An enrichment step that sets ``person`` on events of staff accounts."""
+    view = policy if isinstance(policy, PolicyView) else PolicyView(policy)
 
     def enrich(event: AccessEvent) -> AccessEvent:
-        actor = policy.resolve_actor(event.actor)
+        actor = view.resolve_actor(event.actor)
         if isinstance(actor, StaffMember) and event.person != actor.person:
             return replace(event, person=actor.person)
         return event

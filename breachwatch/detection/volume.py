@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from breachwatch.detection.findings import Finding
-from breachwatch.detection.need_to_know import describe_actor, finding, person_of
+from breachwatch.detection.need_to_know import PolicyView, describe_actor, finding, person_of
 from breachwatch.detection.policy import Policy
 from breachwatch.detection.rules import RULES
 from breachwatch.events import AccessEvent, Action, SourcePosition
@@ -111,9 +111,9 @@ class DistinctSubjectsDetector:
     """``anomaly.distinct_subjects``: an actor reads more distinct customers than the policy
     threshold within the window."""
 
-    def __init__(self, policy: Policy, *, cap: int | None = None) -> None:
+    def __init__(self, policy: Policy | PolicyView, *, cap: int | None = None) -> None:
         config = policy.anomaly.distinct_subjects
-        self._policy = policy
+        self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
         self._span = config.window
         self._threshold = config.threshold
         self._exempt = frozenset(config.exempt_roles)
@@ -133,7 +133,7 @@ class DistinctSubjectsDetector:
         if event.action not in COUNTED_ACTIONS or not event.subjects:
             return []
         policy = self._policy
-        if not any(policy.data_entry(event.store, o) for o in event.objects):
+        if not any(policy.is_personal(event.store, o) for o in event.objects):
             return []
         if self._exempt & policy.roles_of(event.actor):
             return []
@@ -250,8 +250,8 @@ class UnboundedReadDetector:
     read the enricher marked as unbounded (no subject predicate, or a LIMIT above the bound).
     An unbounded export is reported once, as an export: that is the graver reading."""
 
-    def __init__(self, policy: Policy) -> None:
-        self._policy = policy
+    def __init__(self, policy: Policy | PolicyView) -> None:
+        self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
         policy = self._policy
@@ -261,7 +261,7 @@ class UnboundedReadDetector:
             rule = "anomaly.unbounded_read"
         else:
             return []
-        personal = tuple(o for o in event.objects if policy.data_entry(event.store, o))
+        personal = tuple(o for o in event.objects if policy.is_personal(event.store, o))
         if not personal:
             return []
         person = person_of(policy, event)

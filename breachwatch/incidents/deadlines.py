@@ -1,4 +1,5 @@
-"""Keeps the legal clock: reminders, overdue marks and the release of customer notices.
+"""Keeps the legal clock: awareness after the triage window, reminders, overdue marks and
+the release of customer notices.
 
 `tick(now)` re-reads the store and records what is due in one transaction, so running it
 twice, late, or after a restart is harmless: the scheduler only decides *when* to call it.
@@ -16,7 +17,10 @@ from sqlalchemy.orm import Session
 from breachwatch.config import DaemonConfig
 from breachwatch.incidents.lifecycle import IncidentState
 from breachwatch.incidents.obligations import CUSTOMER_NOTICE, next_action_at, status_at
-from breachwatch.incidents.service import SYSTEM, record_history
+from breachwatch.incidents.regimes import assumed_awareness
+from breachwatch.incidents.service import SYSTEM, record_history, set_awareness
+from breachwatch.notifications.alerts import StaffAlerts, is_hold_active, staff_prefix
+from breachwatch.notifications.staff import reminder_kind
 from breachwatch.store.database import Database
 from breachwatch.store.schema import Incident, IncidentSubject, Obligation, OutboxMessage
 
@@ -32,6 +36,8 @@ class TickReport:
     overdue: list[tuple[str, str]] = field(default_factory=list)
     enqueued: int = 0
     completed: list[tuple[str, str]] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)  # refs escalated to the second contact
+    awareness: list[str] = field(default_factory=list)  # refs given awareness by the window
 
 
 def message_key(obligation_id: int, subject: str) -> str:
@@ -41,21 +47,49 @@ def message_key(obligation_id: int, subject: str) -> str:
 class DeadlineKeeper:
     def __init__(self, db: Database, config: DaemonConfig, channel_name: str) -> None:
         self._db = db
+        self._config = config
         self._fractions = config.obligations.reminders
         self._channel = channel_name
         self._domain = config.notifications.sender.rsplit("@", 1)[-1].strip(" >") or "localhost"
+        self._alerts = StaffAlerts(config.notifications, self._domain)
 
     def tick(self, now: datetime) -> TickReport:
         report = TickReport()
         with self._db.transaction() as session:
+            self._triage(session, now, report)
             for obligation in session.scalars(select(Obligation).where(Obligation.state == "open")):
                 incident = session.get_one(Incident, obligation.incident_id)
                 self._check(session, obligation, incident, now, report)
+        for ref in report.awareness:
+            log.warning("awareness_assumed", incident=ref, reason="triage window ended")
         for ref, regime, fraction in report.reminders:
             log.warning("deadline_reminder", incident=ref, regime=regime, elapsed=fraction)
         for ref, regime in report.overdue:
             log.error("obligation_overdue", incident=ref, regime=regime)
         return report
+
+    def _untriaged(self, session: Session) -> list[Incident]:
+        return list(
+            session.scalars(
+                select(Incident).where(
+                    Incident.state == IncidentState.SUSPECTED.value, Incident.aware_at.is_(None)
+                )
+            )
+        )
+
+    def _triage(self, session: Session, now: datetime, report: TickReport) -> None:
+        """A suspected incident nobody confirmed or dismissed within the triage window gets
+        its awareness time anyway: a forgotten incident cannot stop the GDPR clock."""
+        cfg = self._config.incidents
+        for incident in self._untriaged(session):
+            ends, aware_at = assumed_awareness(
+                incident.detected_at, cfg.triage_window, cfg.unconfirmed_awareness
+            )
+            if now >= ends:
+                set_awareness(
+                    session, incident, aware_at, "triage_window", now, SYSTEM, self._config
+                )
+                report.awareness.append(incident.ref)
 
     def _check(
         self,
@@ -88,12 +122,24 @@ class DeadlineKeeper:
                 due_at=obligation.due_at.isoformat(),
             )
             report.reminders.append((incident.ref, obligation.regime, fraction))
+            self._alerts.enqueue(session, obligation, incident, reminder_kind(fraction), now)
         if status.overdue and obligation.overdue_since is None:
             obligation.overdue_since = now
             record_history(
                 session, incident, now, SYSTEM, "obligation_overdue", regime=obligation.regime
             )
             report.overdue.append((incident.ref, obligation.regime))
+            self._alerts.enqueue(session, obligation, incident, "overdue", now)
+        if (
+            obligation.regime == CUSTOMER_NOTICE
+            and IncidentState(incident.state) in _RELEASABLE
+            and self._alerts.escalation_due(session, obligation, now, released)
+            and self._alerts.escalate(session, obligation, incident, now)
+        ):
+            record_history(
+                session, incident, now, SYSTEM, "notice_escalated", regime=obligation.regime
+            )
+            report.escalated.append(incident.ref)
         if (
             obligation.regime == CUSTOMER_NOTICE
             and released
@@ -108,10 +154,12 @@ class DeadlineKeeper:
         queued = set(
             session.scalars(
                 select(OutboxMessage.recipient_id).where(
-                    OutboxMessage.obligation_id == obligation.id
+                    OutboxMessage.obligation_id == obligation.id,
+                    OutboxMessage.key.not_like(staff_prefix(obligation.id)),
                 )
             )
         )
+        state = "held" if is_hold_active(session, obligation.id) else "queued"
         subjects = session.scalars(
             select(IncidentSubject.subject)
             .where(IncidentSubject.incident_id == incident.id)
@@ -128,7 +176,7 @@ class DeadlineKeeper:
                     obligation_id=obligation.id,
                     recipient_id=subject,
                     channel=self._channel,
-                    state="queued",
+                    state=state,
                     not_before=now,
                     attempts=0,
                     last_error=None,
@@ -162,7 +210,10 @@ class DeadlineKeeper:
         session.flush()
         states = list(
             session.scalars(
-                select(OutboxMessage.state).where(OutboxMessage.obligation_id == obligation.id)
+                select(OutboxMessage.state).where(
+                    OutboxMessage.obligation_id == obligation.id,
+                    OutboxMessage.key.not_like(staff_prefix(obligation.id)),
+                )
             )
         )
         if states and all(state == "sent" for state in states):
@@ -181,7 +232,13 @@ class DeadlineKeeper:
     def next_wakeups(self) -> list[tuple[str, datetime]]:
         """(job id, time) for every open obligation's next action: what the scheduler plans."""
         wakeups: list[tuple[str, datetime]] = []
+        cfg = self._config.incidents
         with self._db.transaction() as session:
+            for incident in self._untriaged(session):
+                ends, _ = assumed_awareness(
+                    incident.detected_at, cfg.triage_window, cfg.unconfirmed_awareness
+                )
+                wakeups.append((f"triage-{incident.id}", ends))
             for obligation in session.scalars(select(Obligation).where(Obligation.state == "open")):
                 released = obligation.release_at is None or bool(
                     session.scalar(

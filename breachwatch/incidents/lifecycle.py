@@ -13,19 +13,33 @@ class IncidentState(StrEnum):
     DISMISSED = "dismissed"
     NOTIFIED = "notified"
     CLOSED = "closed"
+    MERGED = "merged"  # its findings now belong to another incident (final)
 
 
 ALLOWED: dict[IncidentState, frozenset[IncidentState]] = {
     IncidentState.SUSPECTED: frozenset(
-        {IncidentState.CONFIRMED, IncidentState.DISMISSED, IncidentState.NOTIFIED}
+        {
+            IncidentState.CONFIRMED,
+            IncidentState.DISMISSED,
+            IncidentState.NOTIFIED,
+            IncidentState.MERGED,
+        }
     ),
     IncidentState.CONFIRMED: frozenset(
-        {IncidentState.NOTIFIED, IncidentState.CLOSED, IncidentState.DISMISSED}
+        {
+            IncidentState.NOTIFIED,
+            IncidentState.CLOSED,
+            IncidentState.DISMISSED,
+            IncidentState.MERGED,
+        }
     ),
     IncidentState.NOTIFIED: frozenset({IncidentState.CLOSED}),
-    IncidentState.DISMISSED: frozenset(),
-    IncidentState.CLOSED: frozenset(),
+    # Reopening (back to suspected) needs a reason like every staff decision.
+    IncidentState.DISMISSED: frozenset({IncidentState.SUSPECTED}),
+    IncidentState.CLOSED: frozenset({IncidentState.SUSPECTED}),
+    IncidentState.MERGED: frozenset(),
 }
+REOPENABLE = frozenset({IncidentState.DISMISSED, IncidentState.CLOSED})
 
 # New findings may join an incident only while it is still being handled.
 OPEN_STATES = frozenset({IncidentState.SUSPECTED, IncidentState.CONFIRMED})

@@ -1,26 +1,29 @@
-"""Incidents in the store: findings correlated into incidents, their obligations, staff
-transitions with an append-only history. Callers pass the session, so that what an ingest
-batch produced is committed together with the offsets that produced it."""
+"""Incidents in the store: findings correlated into incidents, their risk assessment and
+obligations, staff transitions with an append-only, hash-chained history. Callers pass the
+session, so that what an ingest batch produced is committed together with the offsets that
+produced it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from breachwatch.config import DaemonConfig
 from breachwatch.detection.findings import Finding, Severity
 from breachwatch.errors import StateError
-from breachwatch.incidents.lifecycle import OPEN_STATES, IncidentState, check_transition
-from breachwatch.incidents.obligations import (
-    CUSTOMER_NOTICE,
-    GDPR_ART33,
-    ObligationPlan,
-    customer_notice_plan,
-    plan_obligations,
+from breachwatch.incidents import chain, regimes
+from breachwatch.incidents.lifecycle import (
+    OPEN_STATES,
+    REOPENABLE,
+    IncidentState,
+    check_transition,
 )
+from breachwatch.incidents.obligations import ObligationPlan
+from breachwatch.incidents.severity import RiskInputs, assess, effective_band
 from breachwatch.store.schema import (
     FindingRow,
     Incident,
@@ -31,6 +34,8 @@ from breachwatch.store.schema import (
 )
 
 SYSTEM = "breachwatch"
+# Rules whose findings mean the number of people reached is not known from the log
+COUNT_UNKNOWN_RULES = frozenset({"anomaly.unbounded_read", "anomaly.export"})
 
 
 @dataclass
@@ -43,8 +48,10 @@ class RecordResult:
 def record_history(
     session: Session, incident: Incident, at: datetime, by: str, action: str, **detail: object
 ) -> None:
-    session.add(
-        IncidentHistory(incident_id=incident.id, at=at, by=by, action=action, detail=dict(detail))
+    """The single way history is written: every row is chained (incidents/chain.py)."""
+    chain.append(
+        session,
+        IncidentHistory(incident_id=incident.id, at=at, by=by, action=action, detail=dict(detail)),
     )
 
 
@@ -57,18 +64,22 @@ class IncidentService:
     # ---- ingest side -------------------------------------------------------------------
     def record(self, session: Session, findings: list[Finding], now: datetime) -> RecordResult:
         result = RecordResult()
+        touched: dict[int, Incident] = {}
         for finding in findings:
             if session.scalar(select(FindingRow.id).where(FindingRow.key == finding.key)):
                 continue  # already recorded before a restart: nothing twice
             incident = self._open_incident_for(session, finding)
             if incident is None and finding.severity.rank >= self._min.rank:
                 incident = self._open(session, finding, now, result)
-            row = _finding_row(finding, incident, now)
+            row = finding_row(finding, incident, now)
             session.add(row)
             result.new_findings.append(finding)
             if incident is not None:
-                self._attach(session, incident, finding, now, result)
+                self._attach(session, incident, finding, now)
+                touched[incident.id] = incident
         session.flush()
+        for incident in touched.values():
+            result.new_obligations.extend(self.refresh(session, incident, now))
         return result
 
     def _open_incident_for(self, session: Session, finding: Finding) -> Incident | None:
@@ -86,24 +97,7 @@ class IncidentService:
     def _open(
         self, session: Session, finding: Finding, now: datetime, result: RecordResult
     ) -> Incident:
-        incident = Incident(
-            ref="pending",
-            correlation_key=f"{finding.actor}|{finding.key}",
-            state=IncidentState.SUSPECTED.value,
-            severity=finding.severity.value,
-            actor=finding.actor,
-            person=finding.person,
-            store=finding.store,
-            categories=sorted(finding.categories),
-            detected_at=now,
-            aware_at=None,
-            first_event_at=finding.time,
-            last_event_at=finding.time,
-            updated_at=now,
-        )
-        session.add(incident)
-        session.flush()
-        incident.ref = f"BW-{now.year}-{incident.id:04d}"
+        incident = new_incident(session, f"{finding.actor}|{finding.key}", finding, now, now)
         record_history(
             session,
             incident,
@@ -113,48 +107,11 @@ class IncidentService:
             rule=finding.rule,
             severity=finding.severity.value,
         )
-        for plan in plan_obligations(
-            finding.severity, bool(finding.subjects), now, self._config.obligations
-        ):
-            result.new_obligations.append(self._add_obligation(session, incident, plan))
         result.opened.append(incident)
         return incident
 
-    def _add_obligation(
-        self, session: Session, incident: Incident, plan: ObligationPlan
-    ) -> Obligation:
-        obligation = Obligation(
-            incident_id=incident.id,
-            regime=plan.regime,
-            recipient=plan.recipient,
-            clock_start=plan.clock_start,
-            due_at=plan.due_at,
-            release_at=plan.release_at,
-            state="open",
-            reminders_sent=[],
-            overdue_since=None,
-            done_at=None,
-        )
-        session.add(obligation)
-        session.flush()
-        record_history(
-            session,
-            incident,
-            plan.clock_start,
-            SYSTEM,
-            "obligation_scheduled",
-            regime=plan.regime,
-            due_at=plan.due_at.isoformat(),
-        )
-        return obligation
-
     def _attach(
-        self,
-        session: Session,
-        incident: Incident,
-        finding: Finding,
-        now: datetime,
-        result: RecordResult,
+        self, session: Session, incident: Incident, finding: Finding, now: datetime
     ) -> None:
         incident.last_event_at = max(incident.last_event_at, finding.time)
         incident.first_event_at = min(incident.first_event_at, finding.time)
@@ -171,76 +128,362 @@ class IncidentService:
                 new=finding.severity.value,
             )
             incident.severity = finding.severity.value
-        known = set(
-            session.scalars(
-                select(IncidentSubject.subject).where(IncidentSubject.incident_id == incident.id)
-            )
+        add_subjects(session, incident, finding.subjects, now)
+
+    # ---- risk and obligations ----------------------------------------------------------
+    def refresh(
+        self, session: Session, incident: Incident, now: datetime, by: str = SYSTEM
+    ) -> list[Obligation]:
+        """Reassess the risk and add the obligations that now apply (none is removed
+        automatically: dropping a legal duty is a staff decision, with a reason)."""
+        self.reassess(session, incident, now, by)
+        return self.sync_obligations(session, incident, now)
+
+    def reassess(self, session: Session, incident: Incident, now: datetime, by: str) -> bool:
+        session.flush()
+        rules = tuple(
+            session.scalars(select(FindingRow.rule).where(FindingRow.incident_id == incident.id))
         )
-        for subject in sorted(set(finding.subjects) - known):
-            session.add(
-                IncidentSubject(incident_id=incident.id, subject=subject, first_seen_at=now)
+        previous: dict[str, Any] = dict(incident.risk_assessment or {})
+        declared: dict[str, Any] = dict(previous.get("declared") or {})
+        subjects = subject_count(session, incident.id)
+        inputs = RiskInputs(
+            categories=tuple(incident.categories),
+            rules=rules,
+            subjects=subjects,
+            count_unknown=bool(set(rules) & COUNT_UNKNOWN_RULES),
+            unintelligible=bool(declared.get("unintelligible")),
+        )
+        assessment = assess(inputs, self._config.incidents.risk)
+        stored = {
+            **assessment.to_json(),
+            "inputs": {
+                "categories": list(incident.categories),
+                "rules": sorted(set(rules)),
+                "findings": len(rules),
+                "subjects": subjects,
+            },
+            "assessed_at": now.isoformat(),
+        }
+        if declared:
+            stored["declared"] = declared
+        if "override" in previous:
+            stored["override"] = previous["override"]
+        changed = bool(
+            previous.get("score") != stored["score"]
+            or previous.get("band") != stored["band"]
+            or previous.get("dpc") != stored["dpc"]
+            or previous.get("circumstances") != stored["circumstances"]
+            or previous.get("flags") != stored["flags"]
+        )
+        incident.risk_assessment = stored
+        incident.risk_score = assessment.score
+        band = effective_band(stored)
+        incident.risk_band = band.value if band else None
+        if changed:
+            record_history(
+                session,
+                incident,
+                now,
+                by,
+                "risk_assessed",
+                score=stored["score"],
+                band=stored["band"],
+                formula=stored["formula"],
+                dpc=stored["dpc"],
+                ei=stored["ei"],
+                circumstances=stored["circumstances"],
+                flags=stored["flags"],
             )
-        has_subjects = bool(known or finding.subjects)
-        notify_from = self._config.obligations.notify_customers_from
-        if has_subjects and Severity(incident.severity).rank >= notify_from.rank:
-            exists = session.scalar(
-                select(Obligation.id).where(
-                    Obligation.incident_id == incident.id, Obligation.regime == CUSTOMER_NOTICE
-                )
-            )
-            if exists is None:
-                plan = customer_notice_plan(incident.detected_at, self._config.obligations)
-                result.new_obligations.append(self._add_obligation(session, incident, plan))
+        return changed
+
+    def facts(self, session: Session, incident: Incident) -> regimes.IncidentFacts:
+        assessment = incident.risk_assessment or {}
+        malicious = any(
+            c["name"] == "malicious" and c["value"] > 0 for c in assessment.get("circumstances", [])
+        )
+        return regimes.IncidentFacts(
+            categories=tuple(incident.categories),
+            band=effective_band(assessment),
+            special_categories=bool(assessment.get("flags", {}).get("special_categories")),
+            malicious=malicious,
+            has_subjects=subject_count(session, incident.id) > 0,
+            severity=Severity(incident.severity),
+            detected_at=incident.detected_at,
+            aware_at=incident.aware_at,
+        )
+
+    def sync_obligations(
+        self, session: Session, incident: Incident, now: datetime
+    ) -> list[Obligation]:
+        existing = set(
+            session.scalars(select(Obligation.regime).where(Obligation.incident_id == incident.id))
+        )
+        facts = self.facts(session, incident)
+        reasons = {d.regime: d.reason for d in regimes.decide(facts, self._config.obligations)}
+        added = []
+        for plan in regimes.plan(facts, self._config.obligations):
+            if plan.regime not in existing:
+                added.append(add_obligation(session, incident, plan, now, reasons[plan.regime]))
+        return added
 
     # ---- staff side --------------------------------------------------------------------
     def transition(
         self, session: Session, ref: str, target: IncidentState, by: str, reason: str, now: datetime
     ) -> Incident:
         incident = get_incident(session, ref)
-        check_transition(IncidentState(incident.state), target)
+        current = IncidentState(incident.state)
+        check_transition(current, target)
+        if target is IncidentState.SUSPECTED and not reason.strip():
+            raise StateError("reopening needs a reason")
         old = incident.state
         incident.state = target.value
         incident.updated_at = now
-        if target is IncidentState.CONFIRMED and incident.aware_at is None:
-            incident.aware_at = now
         record_history(
             session, incident, now, by, "state", old=old, new=target.value, reason=reason
         )
+        if target is IncidentState.CONFIRMED and incident.aware_at is None:
+            set_awareness(session, incident, now, "confirmed", now, by, self._config)
+        if target is IncidentState.SUSPECTED and current in REOPENABLE:
+            self._reopen(session, incident, now, by)
+            return incident
         for obligation in session.scalars(
             select(Obligation).where(
                 Obligation.incident_id == incident.id, Obligation.state == "open"
             )
         ):
             if target is IncidentState.DISMISSED:
-                self._cancel(session, obligation, incident, now, by, "incident dismissed")
-            elif target is IncidentState.NOTIFIED and obligation.regime == GDPR_ART33:
-                obligation.state, obligation.done_at = "done", now
-                record_history(session, incident, now, by, "obligation_done", regime=GDPR_ART33)
+                cancel_obligation(session, obligation, incident, now, by, "incident dismissed")
+            elif target is IncidentState.NOTIFIED and obligation.regime == regimes.GDPR_ART33:
+                mark_sent(session, obligation, incident, now, by, "complete", reason, self._config)
             elif target is IncidentState.CLOSED:
-                self._cancel(session, obligation, incident, now, by, "incident closed")
+                cancel_obligation(session, obligation, incident, now, by, "incident closed")
         return incident
 
-    def _cancel(
-        self,
-        session: Session,
-        obligation: Obligation,
-        incident: Incident,
-        now: datetime,
-        by: str,
-        why: str,
-    ) -> None:
-        obligation.state = "cancelled"
-        obligation.done_at = now
-        for message in session.scalars(
-            select(OutboxMessage).where(
-                OutboxMessage.obligation_id == obligation.id, OutboxMessage.state == "queued"
+    def _reopen(self, session: Session, incident: Incident, now: datetime, by: str) -> None:
+        """Obligations cancelled by the dismissal or closure run again on their original
+        clock (possibly overdue already); notices cancelled with them are queued again."""
+        for obligation in session.scalars(
+            select(Obligation).where(
+                Obligation.incident_id == incident.id, Obligation.state == "cancelled"
             )
         ):
-            message.state = "cancelled"
-            message.last_error = why
-        record_history(
-            session, incident, now, by, "obligation_cancelled", regime=obligation.regime, reason=why
+            obligation.state, obligation.done_at = "open", None
+            for message in session.scalars(
+                select(OutboxMessage).where(
+                    OutboxMessage.obligation_id == obligation.id,
+                    OutboxMessage.state == "cancelled",
+                )
+            ):
+                message.state, message.last_error, message.not_before = "queued", None, now
+            record_history(
+                session, incident, now, by, "obligation_reopened", regime=obligation.regime
+            )
+        self.refresh(session, incident, now, by)
+
+
+# ---- shared building blocks (used by casework and the deadline keeper too) ---------------
+def new_incident(
+    session: Session,
+    correlation_key: str,
+    finding: Finding | FindingRow,
+    detected_at: datetime,
+    now: datetime,
+) -> Incident:
+    incident = Incident(
+        ref="pending",
+        correlation_key=correlation_key,
+        state=IncidentState.SUSPECTED.value,
+        severity=Severity(finding.severity).value,
+        actor=finding.actor,
+        person=finding.person,
+        store=finding.store,
+        categories=sorted(finding.categories),
+        detected_at=detected_at,
+        aware_at=None,
+        first_event_at=finding.time,
+        last_event_at=finding.time,
+        updated_at=now,
+    )
+    session.add(incident)
+    session.flush()
+    incident.ref = f"BW-{detected_at.year}-{incident.id:04d}"
+    return incident
+
+
+def add_subjects(
+    session: Session, incident: Incident, subjects: tuple[str, ...] | list[str], now: datetime
+) -> None:
+    known = set(
+        session.scalars(
+            select(IncidentSubject.subject).where(IncidentSubject.incident_id == incident.id)
         )
+    )
+    for subject in sorted(set(subjects) - known):
+        session.add(IncidentSubject(incident_id=incident.id, subject=subject, first_seen_at=now))
+
+
+def subject_count(session: Session, incident_id: int) -> int:
+    session.flush()
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(IncidentSubject)
+            .where(IncidentSubject.incident_id == incident_id)
+        )
+        or 0
+    )
+
+
+def add_obligation(
+    session: Session, incident: Incident, plan: ObligationPlan, now: datetime, reason: str
+) -> Obligation:
+    obligation = Obligation(
+        incident_id=incident.id,
+        regime=plan.regime,
+        recipient=plan.recipient,
+        clock_start=plan.clock_start,
+        due_at=plan.due_at,
+        release_at=plan.release_at,
+        state="open",
+        reminders_sent=[],
+        overdue_since=None,
+        done_at=None,
+        clock_basis=regimes.CLOCK_BASIS.get(plan.regime),
+        notes={"applies_because": reason},
+    )
+    session.add(obligation)
+    session.flush()
+    record_history(
+        session,
+        incident,
+        now,
+        SYSTEM,
+        "obligation_scheduled",
+        regime=plan.regime,
+        clock_start=plan.clock_start.isoformat(),
+        due_at=plan.due_at.isoformat(),
+        because=reason,
+    )
+    return obligation
+
+
+def set_awareness(
+    session: Session,
+    incident: Incident,
+    aware_at: datetime,
+    source: str,
+    now: datetime,
+    by: str,
+    config: DaemonConfig,
+) -> None:
+    """Record awareness and recompute the deadlines that count from it."""
+    incident.aware_at, incident.aware_source = aware_at, source
+    record_history(
+        session, incident, now, by, "awareness", aware_at=aware_at.isoformat(), source=source
+    )
+    for obligation in session.scalars(
+        select(Obligation).where(Obligation.incident_id == incident.id, Obligation.state == "open")
+    ):
+        basis = obligation.clock_basis or regimes.CLOCK_BASIS.get(obligation.regime)
+        if basis != regimes.AWARENESS:
+            continue
+        due = regimes.due_from(obligation.regime, aware_at, config.obligations)
+        if (obligation.clock_start, obligation.due_at) == (aware_at, due):
+            continue
+        record_history(
+            session,
+            incident,
+            now,
+            by,
+            "deadline_recomputed",
+            regime=obligation.regime,
+            old_due_at=obligation.due_at.isoformat(),
+            due_at=due.isoformat(),
+            clock_start=aware_at.isoformat(),
+        )
+        obligation.clock_start, obligation.due_at = aware_at, due
+        obligation.reminders_sent = []
+        if due > now:
+            obligation.overdue_since = None
+
+
+def mark_sent(
+    session: Session,
+    obligation: Obligation,
+    incident: Incident,
+    now: datetime,
+    by: str,
+    phase: str,
+    reason: str,
+    config: DaemonConfig,
+    late_reason: str | None = None,
+) -> Obligation | None:
+    """A notice was given for this obligation. Late ones keep the reasons for the delay
+    (GDPR Art. 33(1)); an initial 611 notice or a NIS2 notification starts the next one."""
+    late = regimes.is_late(obligation.due_at, now)
+    if late and not (late_reason or reason).strip():
+        raise StateError(
+            f"{obligation.regime} is past its deadline: record the reasons for the delay"
+        )
+    notes = dict(obligation.notes or {})
+    notes.setdefault("phases", []).append({"phase": phase, "at": now.isoformat(), "by": by})
+    if late:
+        notes["late_reason"] = late_reason or reason
+    obligation.notes = notes
+    obligation.state, obligation.done_at = "done", now
+    record_history(
+        session,
+        incident,
+        now,
+        by,
+        "obligation_done",
+        regime=obligation.regime,
+        phase=phase,
+        reason=reason,
+        late=late,
+        **({"late_reason": notes["late_reason"]} if late else {}),
+    )
+    plan = regimes.follow_up(obligation.regime, phase, now, config.obligations)
+    if plan is None:
+        return None
+    exists = session.scalar(
+        select(Obligation.id).where(
+            Obligation.incident_id == incident.id, Obligation.regime == plan.regime
+        )
+    )
+    if exists is not None:
+        return None
+    return add_obligation(session, incident, plan, now, f"follows {obligation.regime} ({phase})")
+
+
+def cancel_obligation(
+    session: Session,
+    obligation: Obligation,
+    incident: Incident,
+    now: datetime,
+    by: str,
+    why: str,
+    state: str = "cancelled",
+) -> None:
+    obligation.state = state
+    obligation.done_at = now
+    for message in session.scalars(
+        select(OutboxMessage).where(
+            OutboxMessage.obligation_id == obligation.id, OutboxMessage.state == "queued"
+        )
+    ):
+        message.state = "cancelled"
+        message.last_error = why
+    record_history(
+        session,
+        incident,
+        now,
+        by,
+        "obligation_cancelled" if state == "cancelled" else f"obligation_{state}",
+        regime=obligation.regime,
+        reason=why,
+    )
 
 
 def get_incident(session: Session, ref: str) -> Incident:
@@ -253,7 +496,7 @@ def get_incident(session: Session, ref: str) -> Incident:
     return incident
 
 
-def _finding_row(finding: Finding, incident: Incident | None, now: datetime) -> FindingRow:
+def finding_row(finding: Finding, incident: Incident | None, now: datetime) -> FindingRow:
     return FindingRow(
         key=finding.key,
         incident_id=incident.id if incident else None,

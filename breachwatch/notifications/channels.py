@@ -6,12 +6,9 @@ saying whether trying again may help. The outbox decides what to do with that.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import secrets
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -22,10 +19,14 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 from breachwatch.errors import ConfigError, DeliveryError
+from breachwatch.notifications.mailfolder import MailFolderChannel, key_filename
+
+__all__ = ["Channel", "MailFolderChannel", "SmtpChannel", "key_filename", "read_secret"]
 
 Security = Literal["starttls", "tls", "none"]
-
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+# A connection used this recently is reused without a NOOP first (a network heuristic on the
+# monotonic clock, not business logic: relays drop idle connections after tens of seconds).
+_FRESH = 5.0
 
 
 class Channel(Protocol):
@@ -53,79 +54,11 @@ def read_secret(path: Path) -> str:
     return value
 
 
-def key_filename(key: str) -> str:
-    """A file name for ``key``: the key itself when harmless, else a readable part plus a hash.
-
-    The "~" only appears in the second form, so two different keys never share a file.
-    """
-    if _SAFE_KEY.match(key):
-        return key
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:60].lstrip(".")
-    return f"{readable}~{hashlib.sha256(key.encode('utf-8')).hexdigest()[:24]}"
-
-
-class MailFolderChannel:
-    """Writes each message to ``<directory>/new/<key>.eml`` in Maildir layout, atomically.
-
-    For sites without a relay, and as the record of what was sent. A mail client that reads
-    the folder moves files to cur/ (adding ":2,S"); both count as delivered.
-    """
-
-    name = "mailfolder"
-
-    def __init__(self, directory: Path) -> None:
-        self._root = directory
-        try:
-            for path in (directory, directory / "tmp", directory / "new", directory / "cur"):
-                if not path.is_dir():
-                    path.mkdir(mode=0o700, parents=True)
-                    os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, not set
-        except OSError as err:
-            raise ConfigError(str(directory), "", f"a writable directory ({err.strerror})") from err
-
-    def _final_name(self, key: str) -> str:
-        return f"{key_filename(key)}.eml"
-
-    def was_delivered(self, key: str) -> bool:
-        name = self._final_name(key)
-        if (self._root / "new" / name).exists():
-            return True
-        cur = self._root / "cur"
-        return (cur / name).exists() or any(cur.glob(f"{name}:2,*"))
-
-    def deliver(self, message: EmailMessage, key: str) -> str:
-        final = self._root / "new" / self._final_name(key)
-        if self.was_delivered(key):
-            return f"maildir {final} (already delivered)"
-        # Maildir convention: a unique name in tmp/, so a crashed writer never collides.
-        tmp = self._root / "tmp" / f"{final.name}.{os.getpid()}.{secrets.token_hex(8)}"
-        data = message.as_bytes(policy=message.policy.clone(linesep="\n"))
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            # The rename itself is durable only once the directory entry is on disk.
-            dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            # A full disk or a wrong permission is fixed by an operator; retrying then works.
-            raise DeliveryError(f"cannot write {final}: {err.strerror}", transient=True) from err
-        return f"maildir {final}"
-
-
 class SmtpChannel:
-    """Sends through an SMTP relay with smtplib, one connection per message.
+    """Sends through an SMTP relay with smtplib. With ``max_per_connection`` > 1 (the daemon
+    uses 100) a connection is reused for that many messages (checked with NOOP first; the
+    outbox calls :meth:`close` at the end of each run), so a bulk notice does not open one
+    connection per customer.
 
     Errors: a 4xx reply, a refused or dropped connection and a timeout are transient; a 5xx
     reply (a rejected mailbox, failed authentication) is permanent, as are a server without
@@ -145,6 +78,7 @@ class SmtpChannel:
         timeout: float = 30.0,
         local_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_per_connection: int = 1,
     ) -> None:
         if security not in ("starttls", "tls", "none"):
             raise ConfigError("smtp", "security", "one of starttls, tls, none")
@@ -160,19 +94,49 @@ class SmtpChannel:
         self._timeout = timeout
         self._local_hostname = local_hostname
         self._context = ssl_context or ssl.create_default_context()
+        self._max_per_connection = max(1, max_per_connection)
+        self._client: _ReplyKeepingSMTP | None = None
+        self._sent_on_connection = 0
+        self._last_used = 0.0
+        self.connections = 0  # opened so far, for tests and logs
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            _close_quietly(client)
+
+    def _open(self) -> _ReplyKeepingSMTP:
+        if self._client is not None:
+            if time.monotonic() - self._last_used < _FRESH:
+                return self._client
+            try:
+                if self._client.noop()[0] == 250:
+                    return self._client
+            except (smtplib.SMTPException, OSError):
+                pass
+            self.close()  # dropped by the relay while idle: nothing was sent on it yet
+        client = self._connect()
+        try:
+            if self._username is not None and self._password is not None:
+                client.login(self._username, self._password)
+        except BaseException:
+            _close_quietly(client)
+            raise
+        self._client, self._sent_on_connection = client, 0
+        self.connections += 1
+        return client
 
     def was_delivered(self, key: str) -> bool | None:
         return None  # the relay's acceptance is not recorded anywhere we can ask
 
     def deliver(self, message: EmailMessage, key: str) -> str:
         sender, recipients = _envelope(message)
-        client: smtplib.SMTP | None = None
+        done = False
         try:
-            client = self._connect()
-            if self._username is not None and self._password is not None:
-                client.login(self._username, self._password)
+            client = self._open()
             refused = client.send_message(message, sender, recipients)
             code, reply = client.data_reply
+            done = True
         except smtplib.SMTPRecipientsRefused as err:
             raise _from_refused(err) from err
         except smtplib.SMTPResponseException as err:
@@ -190,8 +154,10 @@ class SmtpChannel:
             # What is left is about our setup, e.g. "No suitable authentication method found".
             raise DeliveryError(f"SMTP {self._host}: {err}", transient=False) from err
         finally:
-            if client is not None:
-                _close_quietly(client)
+            self._sent_on_connection += 1
+            self._last_used = time.monotonic()
+            if not done or self._sent_on_connection >= self._max_per_connection:
+                self.close()
         receipt = f"smtp {self._host}:{self._port} {code} {reply.decode('utf-8', 'replace')}"
         if refused:
             # Some recipients took it: raising would make a retry send it to them again.

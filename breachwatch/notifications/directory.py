@@ -22,6 +22,7 @@ from breachwatch.errors import ConfigError
 LANGUAGES: Final = frozenset({"fr", "nl", "en"})
 DEFAULT_LANGUAGE: Final = "en"
 REQUIRED_COLUMNS: Final = ("id", "name", "email", "language")
+KINDS: Final = frozenset({"person", "business"})  # business: a hosting customer as controller
 
 _MAX_NAME = 200
 _MAX_EMAIL = 254  # RFC 5321 forward-path limit minus the angle brackets
@@ -32,6 +33,13 @@ def normalise_language(value: str) -> str:
     """ "fr", "FR", "fr-BE" and "nl_be" are understood; anything else gets the default."""
     primary = re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0]
     return primary if primary in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def normalise_kind(value: str) -> str:
+    """ "business" (the customer is a controller, Art. 33(2)); anything else is a person."""
+    return (
+        "business" if value.strip().lower() in ("business", "company", "controller") else "person"
+    )
 
 
 def normalise_name(value: str) -> str:
@@ -76,12 +84,14 @@ class Customer:
     name: str
     email: str
     language: str
+    kind: str = "person"  # person (data subject, Art. 34) or business (controller, Art. 33(2))
 
     def __post_init__(self) -> None:
         # Frozen, so the normalised values have to be set through object.__setattr__.
         object.__setattr__(self, "name", normalise_name(self.name))
         object.__setattr__(self, "email", normalise_email(self.email))
         object.__setattr__(self, "language", normalise_language(self.language))
+        object.__setattr__(self, "kind", normalise_kind(self.kind))
 
     @property
     def deliverable(self) -> bool:
@@ -96,7 +106,7 @@ class CustomerDirectory:
 
     @classmethod
     def from_csv(cls, path: Path) -> CustomerDirectory:
-        """Load ``id,name,email,language`` (header required, other columns ignored).
+        """Load ``id,name,email,language[,kind]`` (header required, other columns ignored).
 
         Raises ConfigError for an unreadable file, a missing column, a short row, an empty or
         repeated id. A bad e-mail address or language is not an error (see the module doc).
@@ -137,6 +147,7 @@ class CustomerDirectory:
                         name=values["name"] or "",
                         email=values["email"] or "",
                         language=values["language"] or "",
+                        kind=row.get("kind") or "person",
                     )
         except OSError as err:
             raise ConfigError(file, "", f"a readable CSV file ({err.strerror})") from err

@@ -1,4 +1,6 @@
-"""The breach notice to one data subject (GDPR Art. 34(2)), in French, Dutch or English.
+"""Breach notices in French, Dutch or English, per audience: a data subject (GDPR Art. 34(2)),
+a hosting customer as controller (Art. 33(2)), the authority's cover letter (Art. 33(3)) and
+internal notices to the security team.
 
 Pure: the same customer and context always give the same notice. Every value that reaches a
 template is treated as hostile text: it is cut to a sane length, stripped of control
@@ -8,9 +10,7 @@ characters, escaped in HTML by autoescape, and never compiled as a template itse
 
 from __future__ import annotations
 
-import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +18,6 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Final
-from zoneinfo import ZoneInfo
 
 from jinja2 import (
     BaseLoader,
@@ -34,12 +32,19 @@ from markupsafe import Markup, escape
 
 from breachwatch.errors import ConfigError
 from breachwatch.notifications.directory import DEFAULT_LANGUAGE, LANGUAGES, Customer
+from breachwatch.notifications.labels import (
+    BRUSSELS,
+    MAX_FIELD,
+    Labels,
+    clean_line,
+    clean_text,
+)
 
-BRUSSELS: Final = ZoneInfo("Europe/Brussels")
-MAX_FIELD = 2000
-MAX_LINE_FIELD = 200
+__all__ = ["AUDIENCES", "MAX_FIELD", "NoticeContext", "NoticeRenderer", "build_email"]
+
 MAX_SUBJECT = 200
-MAX_CATEGORIES = 50
+# template prefix per audience; "notice" (data subject) keeps the original file names
+AUDIENCES = ("notice", "controller", "authority", "internal")
 
 # Staff may write free text once, or once per language; a notice in Dutch with an English
 # description would not be the "clear and plain language" Art. 34(2) asks for.
@@ -61,6 +66,9 @@ class NoticeContext:
     contact_email: str
     contact_phone: str
     organisation: str
+    first_event_at: datetime | None = None  # the accesses: when they began and ended
+    last_event_at: datetime | None = None
+    subject_count: int = 0  # affected data subjects (authority letter)
 
     def __post_init__(self) -> None:
         if self.detected_at.tzinfo is None or self.detected_at.utcoffset() is None:
@@ -73,75 +81,6 @@ class RenderedNotice:
     text: str
     html: str
     language: str
-
-
-def clean_text(value: str, limit: int = MAX_FIELD) -> str:
-    """Multi-line text: line breaks kept, other control characters dropped, cut at ``limit``."""
-    value = value.replace("\r\n", "\n").replace("\r", "\n")
-    kept = "".join(
-        c for c in value if c in "\n\t" or not unicodedata.category(c).startswith("C")
-    ).strip()
-    return kept if len(kept) <= limit else kept[: limit - 1].rstrip() + "…"
-
-
-def clean_line(value: str, limit: int = MAX_LINE_FIELD) -> str:
-    """One line: every control character and run of whitespace becomes one space."""
-    spaced = "".join(" " if unicodedata.category(c).startswith("C") else c for c in value)
-    line = " ".join(spaced.split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
-
-
-@dataclass(frozen=True, slots=True)
-class Labels:
-    """The words from ``labels.json`` next to the templates, checked at load."""
-
-    date_format: Mapping[str, str]
-    months: Mapping[str, list[str]]
-    categories: Mapping[str, Mapping[str, str]]
-
-    @classmethod
-    def parse(cls, text: str, where: str) -> Labels:
-        try:
-            data = json.loads(text)
-            date_format = {lang: str(data["date_format"][lang]) for lang in LANGUAGES}
-            months = {lang: [str(m) for m in data["months"][lang]] for lang in LANGUAGES}
-            categories = {
-                str(category): {lang: str(words[lang]) for lang in LANGUAGES}
-                for category, words in data["categories"].items()
-            }
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            expected = "JSON with date_format, months and categories for fr, nl and en"
-            raise ConfigError(where, "labels.json", f"{expected} ({err!r})") from err
-        if any(len(names) != 12 for names in months.values()):
-            raise ConfigError(where, "labels.json", "twelve month names per language")
-        return cls(date_format, months, categories)
-
-    def detected(self, moment: datetime, language: str) -> str:
-        """The time in Brussels, with the offset that applied then (CET +01:00, CEST +02:00)."""
-        local = moment.astimezone(BRUSSELS)
-        offset = local.strftime("%z")
-        parts = {
-            "{day}": str(local.day),
-            "{month}": self.months[language][local.month - 1],
-            "{year}": str(local.year),
-            "{time}": local.strftime("%H:%M"),
-            "{offset}": f"{offset[:3]}:{offset[3:]}",
-        }
-        # Plain replacement, not str.format: a format string can reach attributes.
-        text = self.date_format[language]
-        for placeholder, value in parts.items():
-            text = text.replace(placeholder, value)
-        return text
-
-    def category_words(self, categories: tuple[str, ...], language: str) -> list[str]:
-        """Readable words for each category id, in order, without repeats; unknown ids as-is."""
-        words: list[str] = []
-        for category in categories[:MAX_CATEGORIES]:
-            known = self.categories.get(category)
-            label = known[language] if known else clean_line(category)
-            if label and label not in words:
-                words.append(label)
-        return words
 
 
 def _pick(value: LocalisedText, language: str) -> str:
@@ -161,8 +100,9 @@ def _html_paragraphs(value: str) -> Markup:
 class NoticeRenderer:
     """Holds the compiled templates. Build one at wiring time and reuse it.
 
-    ``template_dir`` lets the legal team replace the wording without a release; it must hold
-    ``subject_<lang>.txt``, ``notice_<lang>.txt`` and ``notice_<lang>.html`` for fr, nl, en.
+    ``template_dir`` lets the legal team replace the wording without a release; it must hold,
+    for fr, nl and en, ``subject_<lang>.txt``, ``notice_<lang>.txt`` and ``notice_<lang>.html``
+    and, for each other audience A, ``A_subject_<lang>.txt``, ``A_<lang>.txt``, ``A_<lang>.html``.
     """
 
     def __init__(self, template_dir: Path | None = None) -> None:
@@ -185,27 +125,44 @@ class NoticeRenderer:
             labels_text = loader.get_source(self._env, "labels.json")[0]
         except TemplateError as err:
             raise ConfigError(where, "labels.json", "the file with dates and categories") from err
-        self._labels = Labels.parse(labels_text, where)
+        self.labels = Labels.parse(labels_text, where)
         for language in sorted(LANGUAGES):
-            for name in self._names(language):
+            for name in (n for a in AUDIENCES for n in self._names(a, language)):
                 try:
                     self._env.get_template(name)
                 except TemplateError as err:
                     raise ConfigError(where, name, f"a valid Jinja2 template ({err})") from err
 
     @staticmethod
-    def _names(language: str) -> tuple[str, str, str]:
-        return f"subject_{language}.txt", f"notice_{language}.txt", f"notice_{language}.html"
+    def _names(audience: str, language: str) -> tuple[str, str, str]:
+        if audience == "notice":
+            return f"subject_{language}.txt", f"notice_{language}.txt", f"notice_{language}.html"
+        return (
+            f"{audience}_subject_{language}.txt",
+            f"{audience}_{language}.txt",
+            f"{audience}_{language}.html",
+        )
+
+    def when(self, moment: datetime | None, language: str) -> str:
+        return self.labels.detected(moment, language) if moment is not None else ""
 
     def render(self, customer: Customer, ctx: NoticeContext) -> RenderedNotice:
-        language = customer.language if customer.language in LANGUAGES else DEFAULT_LANGUAGE
+        """A person gets the Art. 34 notice; a business customer, the controller notice."""
+        audience = "controller" if customer.kind == "business" else "notice"
+        return self.render_context(audience, customer.language, ctx, customer.name)
+
+    def render_context(
+        self, audience: str, language: str, ctx: NoticeContext, name: str = ""
+    ) -> RenderedNotice:
+        language = language if language in LANGUAGES else DEFAULT_LANGUAGE
         values = {
-            "language": language,
-            "customer_name": clean_line(customer.name),
+            "customer_name": clean_line(name),
             "incident_ref": clean_line(ctx.incident_ref, 64),
-            "organisation": clean_line(ctx.organisation),
-            "detected": self._labels.detected(ctx.detected_at, language),
-            "categories": self._labels.category_words(ctx.categories, language),
+            "detected": self.labels.detected(ctx.detected_at, language),
+            "first_event": self.when(ctx.first_event_at, language),
+            "last_event": self.when(ctx.last_event_at, language),
+            "subject_count": max(int(ctx.subject_count), 0),
+            "categories": self.labels.category_words(ctx.categories, language),
             "nature": clean_text(_pick(ctx.nature, language)),
             "likely_consequences": clean_text(_pick(ctx.likely_consequences, language)),
             "measures_taken": clean_text(_pick(ctx.measures_taken, language)),
@@ -214,7 +171,17 @@ class NoticeRenderer:
             "contact_email": clean_line(ctx.contact_email),
             "contact_phone": clean_line(ctx.contact_phone),
         }
-        subject_name, text_name, html_name = self._names(language)
+        return self.render_values(audience, language, values, ctx.organisation)
+
+    def render_values(
+        self, audience: str, language: str, values: Mapping[str, object], organisation: str
+    ) -> RenderedNotice:
+        """Render ``audience`` with ``values`` that the caller already cleaned."""
+        if audience not in AUDIENCES:
+            raise ValueError(f"unknown audience {audience!r}")
+        language = language if language in LANGUAGES else DEFAULT_LANGUAGE
+        values = {**values, "language": language, "organisation": clean_line(organisation)}
+        subject_name, text_name, html_name = self._names(audience, language)
         return RenderedNotice(
             subject=clean_line(self._env.get_template(subject_name).render(values), MAX_SUBJECT),
             text=self._env.get_template(text_name).render(values),

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from breachwatch.errors import ParseFailure
-from breachwatch.events import AccessEvent
+from breachwatch.events import AccessEvent, fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Line:
     """One line of a file, without its newline."""
@@ -30,6 +31,7 @@ class Line:
     decode_errors: bool = False  # had bytes that were not UTF-8 (replaced with U+FFFD)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """One logical log record: one or more consecutive lines of one file."""

@@ -7,7 +7,17 @@ from typing import Any
 
 from breachwatch.parsers.base import LogFormat
 from breachwatch.parsers.jsonlines import JsonLinesFormat
+from breachwatch.parsers.more_formats import (
+    AUDITD_OPTIONS,
+    MARIADB_OPTIONS,
+    WEB_OPTIONS,
+    build_auditd,
+    build_mariadb_audit,
+    build_web_access,
+)
 from breachwatch.parsers.pgaudit import PgauditStderrFormat
+from breachwatch.parsers.pgaudit_csvlog import PgauditCsvlogFormat
+from breachwatch.parsers.pgaudit_jsonlog import PgauditJsonlogFormat
 
 # PostgreSQL's own default log_line_prefix.
 DEFAULT_PG_PREFIX = "%m [%p] "
@@ -37,6 +47,14 @@ def _pgaudit(options: Mapping[str, Any]) -> LogFormat:
     )
 
 
+def _pg_csvlog(options: Mapping[str, Any]) -> LogFormat:
+    return PgauditCsvlogFormat(_text(options, "timezone", "UTC"))
+
+
+def _pg_jsonlog(options: Mapping[str, Any]) -> LogFormat:
+    return PgauditJsonlogFormat(_text(options, "timezone", "UTC"))
+
+
 def _jsonl(options: Mapping[str, Any]) -> LogFormat:
     fields = _str_map(options, "fields")
     if fields is None:
@@ -48,7 +66,12 @@ def _jsonl(options: Mapping[str, Any]) -> LogFormat:
 
 _BUILDERS: dict[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], LogFormat]]] = {
     "pgaudit_stderr": (frozenset({"log_line_prefix", "timezone"}), _pgaudit),
+    "pgaudit_csvlog": (frozenset({"timezone"}), _pg_csvlog),
+    "pgaudit_jsonlog": (frozenset({"timezone"}), _pg_jsonlog),
     "jsonl": (frozenset({"fields", "action_map", "timezone"}), _jsonl),
+    "mariadb_audit": (MARIADB_OPTIONS, build_mariadb_audit),
+    "web_access": (WEB_OPTIONS, build_web_access),
+    "auditd": (AUDITD_OPTIONS, build_auditd),
 }
 FORMAT_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from functools import lru_cache
 
 from breachwatch.events import AccessEvent, Action
@@ -12,8 +11,43 @@ from breachwatch.sql.subjects import bind_parameters, is_unbounded, subject_refs
 
 # Denied, login and DDL events carry statements too, but they read no rows.
 _ROW_ACTIONS = frozenset({Action.READ, Action.EXPORT, Action.WRITE, Action.DELETE})
+_NO_REFS: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
 
 _Plan = tuple[tuple[tuple[str, ...], tuple[int, ...]], bool, bool, tuple[str, ...]]
+
+
+def rebuild(
+    event: AccessEvent,
+    action: Action,
+    subjects: tuple[str, ...],
+    columns: tuple[str, ...],
+    unbounded: bool,
+    person: str | None,
+) -> AccessEvent:
+    """``event`` with the enrichment fields set, in one construction (``dataclasses.replace``
+    costs several times that, and this runs once per event)."""
+    e = event
+    return AccessEvent(
+        e.time,
+        e.store,
+        e.actor,
+        action,
+        e.position,
+        e.objects,
+        subjects,
+        columns,
+        person,
+        e.client,
+        e.application,
+        e.database,
+        e.session,
+        e.command,
+        e.statement,
+        e.parameters,
+        unbounded,
+        e.detail,
+        e.tags,
+    )
 
 
 class SqlEnricher:
@@ -38,7 +72,7 @@ class SqlEnricher:
     def _compute_plan(self, statement: str, object_name: str | None) -> _Plan:
         shape = analyze(statement)
         if object_name is None:
-            return ((), ()), False, shape.is_export, shape.columns
+            return _NO_REFS, False, shape.is_export, shape.columns
         refs = subject_refs(shape, self._subject_columns, object_name)
         unbounded = is_unbounded(
             shape, self._subject_columns, object_name, self._limit_bound, self._identifying
@@ -46,21 +80,40 @@ class SqlEnricher:
         return refs, unbounded, shape.is_export, shape.columns
 
     def __call__(self, event: AccessEvent) -> AccessEvent:
-        if not event.statement:
-            return event
-        subjects = list(event.subjects)
-        unbounded = event.unbounded
-        export = False
-        columns: tuple[str, ...] = ()
-        for obj in event.objects or (None,):
-            refs, obj_unbounded, export, columns = self._plan(event.statement, obj)
-            subjects.extend(bind_parameters(refs, event.parameters))
-            unbounded = unbounded or (obj_unbounded and event.action in _ROW_ACTIONS)
+        return self.enrich(event, event.person)
+
+    def enrich(self, event: AccessEvent, person: str | None) -> AccessEvent:
+        """The enriched event, with ``person`` set too (the pipeline resolves it first, so
+        that each event is rebuilt once, not once per enrichment step)."""
+        statement = event.statement
+        if not statement:
+            if person == event.person:
+                return event
+            return rebuild(
+                event, event.action, event.subjects, event.columns, event.unbounded, person
+            )
+        objects = event.objects
+        row_action = event.action in _ROW_ACTIONS
+        if len(objects) <= 1:  # the usual case: pgaudit writes one line per relation
+            refs, obj_unbounded, export, columns = self._plan(
+                statement, objects[0] if objects else None
+            )
+            found = bind_parameters(refs, event.parameters) if refs != _NO_REFS else ()
+            unbounded = event.unbounded or (obj_unbounded and row_action)
+        else:
+            subjects: list[str] = []
+            unbounded = event.unbounded
+            export, columns = False, ()
+            for obj in objects:
+                refs, obj_unbounded, export, columns = self._plan(statement, obj)
+                subjects.extend(bind_parameters(refs, event.parameters))
+                unbounded = unbounded or (obj_unbounded and row_action)
+            found = tuple(subjects)
+        if event.subjects:
+            found = tuple(dict.fromkeys((*event.subjects, *found)))
+        elif len(found) > 1:
+            found = tuple(dict.fromkeys(found))
+        if event.columns:
+            columns = tuple(dict.fromkeys((*event.columns, *columns)))
         action = Action.EXPORT if event.action is Action.READ and export else event.action
-        return replace(
-            event,
-            action=action,
-            subjects=tuple(dict.fromkeys(subjects)),
-            columns=tuple(dict.fromkeys((*event.columns, *columns))),
-            unbounded=unbounded,
-        )
+        return rebuild(event, action, found, columns, unbounded, person)

@@ -105,6 +105,14 @@ class Incident(Base):
     first_event_at: Mapped[datetime]
     last_event_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # How awareness was set: "confirmed" (staff) or "triage_window" (no decision in time)
+    aware_source: Mapped[str | None] = mapped_column(String(32), default=None)
+    # ENISA (2013) risk: score, band and every factor with its reason; staff overrides inside
+    risk_score: Mapped[float | None] = mapped_column(default=None)
+    risk_band: Mapped[str | None] = mapped_column(String(16), default=None)
+    risk_assessment: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    assignee: Mapped[str | None] = mapped_column(String(128), default=None)
+    merged_into: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), default=None)
 
 
 class IncidentSubject(Base):
@@ -124,6 +132,9 @@ class IncidentHistory(Base):
     by: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]]
+    # One hash chain over the whole table, ordered by id (breachwatch/incidents/chain.py)
+    prev_hash: Mapped[str] = mapped_column(String(64), default="")
+    hash: Mapped[str] = mapped_column(String(64), default="")
 
 
 class FindingRow(Base):
@@ -159,6 +170,10 @@ class Obligation(Base):
     reminders_sent: Mapped[list[Any]]
     overdue_since: Mapped[datetime | None]
     done_at: Mapped[datetime | None]
+    # "awareness" or "detection" (incidents/regimes.py): what a recomputation starts from
+    clock_basis: Mapped[str | None] = mapped_column(String(16), default=None)
+    # phase sent, late reasons, Art. 34(3) exemption … recorded by staff (free-form facts)
+    notes: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     __table_args__ = (UniqueConstraint("incident_id", "regime", name="uq_obligation_regime"),)
 
 
@@ -169,9 +184,8 @@ class OutboxMessage(Base):
     obligation_id: Mapped[int] = mapped_column(ForeignKey("obligations.id"), index=True)
     recipient_id: Mapped[str] = mapped_column(String(128))
     channel: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(
-        String(16), index=True
-    )  # queued sending sent failed cancelled
+    # queued, held (staff hold), sending, sent, failed, cancelled
+    state: Mapped[str] = mapped_column(String(16), index=True)
     not_before: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -181,3 +195,18 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_outbox_due", "state", "not_before"),)
+
+
+class NoticeHold(Base):
+    """Staff decisions on the customer notices of one obligation (`breachwatch notify`): a
+    hold keeps them from going out until approved; an approval releases them early. A table
+    of its own, so that a store from before it gains it through create_all."""
+
+    __tablename__ = "notice_holds"
+    obligation_id: Mapped[int] = mapped_column(ForeignKey("obligations.id"), primary_key=True)
+    held: Mapped[bool]
+    reason: Mapped[str | None] = mapped_column(Text)
+    by: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime]
+    approved_at: Mapped[datetime | None]
+    approved_by: Mapped[str | None] = mapped_column(String(128))

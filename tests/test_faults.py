@@ -1,0 +1,278 @@
+"""Faults the daemon must live through without losing or repeating anything (proof suite):
+the SMTP relay down for the whole hold period, the SQLite store locked by another process,
+and the state directory's disk full. Real processes, a real aiosmtpd, a real tmpfs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+
+from tests.conftest import skip_or_fail
+from tests.daemon_harness import (
+    DaemonProcess,
+    audit_read,
+    cli_json,
+    free_port,
+    wait_for,
+    write_config,
+)
+from tests.test_daemon_signals import append, metric_value, scrape
+
+pytestmark = pytest.mark.slow
+
+BENIGN = audit_read(
+    "2026-11-30 10:00:01.000 CET",
+    4100,
+    "svc_shop",
+    1,
+    "clients.accounts",
+    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'",
+)
+VIOLATION = audit_read(
+    "2026-11-30 10:00:02.000 CET",
+    4242,
+    "kevin_helpdesk",
+    1,
+    "clients.accounts",
+    "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;",
+)
+AMELIE = "amelie.dubois@example.org"
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.rcpt: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.rcpt.extend(envelope.rcpt_tos)
+        return "250 OK"
+
+
+def _configure(
+    tmp_path: Path,
+    *,
+    smtp_port: int | None = None,
+    hold: str = "0s",
+    notifications: dict[str, Any] | None = None,
+) -> tuple[Path, int]:
+    port = free_port()
+    config = write_config(tmp_path, smtp_port=smtp_port, hold=hold, metrics_port=port)
+    doc = yaml.safe_load(config.read_text())
+    doc["notifications"].update(notifications or {})
+    config.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    (tmp_path / "logs" / "postgresql.log").write_text("")
+    return config, port
+
+
+def _log_lines(daemon: DaemonProcess, event: str) -> list[str]:
+    return [
+        line for line in daemon.log_path.read_text().splitlines() if f'"event": "{event}"' in line
+    ]
+
+
+def test_smtp_down_for_the_whole_hold_then_back_delivers_once(tmp_path: Path) -> None:
+    smtp_port = free_port()  # nothing listens there yet
+    config, port = _configure(
+        tmp_path,
+        smtp_port=smtp_port,
+        hold="1s",
+        notifications={"retry_base": "300ms", "max_attempts": 30},
+    )
+    daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
+    handler = _Collect()
+    controller: Controller | None = None
+    try:
+        append(tmp_path / "logs" / "postgresql.log", BENIGN + VIOLATION)
+        # the hold passes and the relay refuses connections: retried with backoff, not failed
+        wait_for(
+            lambda: (
+                (metric_value(scrape(port), "breachwatch_notices_total", outcome="retry") or 0) >= 3
+            ),
+            30,
+            "three retries",
+            daemon,
+        )
+        [notice] = cli_json(config, "notices")
+        assert notice["state"] == "queued"
+        assert metric_value(scrape(port), "breachwatch_notices_total", outcome="failed") is None
+        assert _log_lines(daemon, "notice_not_sent")
+
+        controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+        controller.start()
+        wait_for(lambda: handler.rcpt, 30, "delivery once the relay is back", daemon)
+        wait_for(
+            lambda: [n for n in cli_json(config, "notices") if n["state"] == "sent"],
+            10,
+            "the outbox to record the send",
+            daemon,
+        )
+        wait_for(
+            lambda: metric_value(scrape(port), "breachwatch_notices_total", outcome="sent"),
+            5,
+            "the sent counter",
+            daemon,
+        )
+        assert metric_value(scrape(port), "breachwatch_notices_total", outcome="sent") == 1
+    finally:
+        assert daemon.stop() == 0
+        if controller is not None:
+            controller.stop()
+    assert handler.rcpt == [AMELIE]  # once, after all those retries
+
+
+_LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute("BEGIN IMMEDIATE")  # a write transaction: every other writer is locked out
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def test_store_locked_by_another_process(tmp_path: Path) -> None:
+    config, port = _configure(tmp_path)
+    log = tmp_path / "logs" / "postgresql.log"
+    daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
+    try:
+        append(log, BENIGN)
+        wait_for(
+            lambda: metric_value(scrape(port), "breachwatch_events_total", source="pg-main") == 1,
+            10,
+            "the first event",
+            daemon,
+        )
+        # longer than the store's 10 s busy timeout
+        locker = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, str(tmp_path / "state" / "breachwatch.db"), "12"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+            append(log, VIOLATION + BENIGN.replace("10:00:01", "10:00:03"))
+            wait_for(
+                lambda: _log_lines(daemon, "store_write_failed"),
+                20,
+                "a clear error while the store is locked",
+                daemon,
+            )
+            [line] = _log_lines(daemon, "store_write_failed")[:1]
+            assert "database is locked" in line and '"level": "error"' in line
+            assert daemon.alive()
+        finally:
+            assert locker.wait(30) == 0
+            assert locker.stdout is not None
+            locker.stdout.close()
+        wait_for(lambda: cli_json(config, "incidents", "list"), 20, "recovery", daemon)
+        wait_for(
+            lambda: metric_value(scrape(port), "breachwatch_events_total", source="pg-main") == 3,
+            10,
+            "all events",
+            daemon,
+        )
+        wait_for(
+            lambda: [n for n in cli_json(config, "notices") if n["state"] == "sent"],
+            10,
+            "the notice",
+            daemon,
+        )
+        metrics = scrape(port)
+        assert metric_value(metrics, "breachwatch_findings_total", rule="ntk.departed_account") == 1
+        assert metric_value(metrics, "breachwatch_incidents_opened_total") == 1
+        assert daemon.alive()
+    finally:
+        assert daemon.stop() == 0
+    assert len(cli_json(config, "incidents", "list")) == 1
+    assert len(cli_json(config, "notices")) == 1
+
+
+@contextlib.contextmanager
+def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    directory.mkdir(mode=0o700)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        skip_or_fail(
+            f"cannot mount a tmpfs for the disk-full test (needs root): {result.stderr.strip()}"
+        )
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def _fill(path: Path) -> int:
+    """Write until the file system says ENOSPC; returns the bytes written."""
+    written = 0
+    with path.open("wb", buffering=0) as filler:
+        chunk = b"\0" * 4096
+        while True:
+            try:
+                written += filler.write(chunk) or 0
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                return written
+
+
+def test_disk_full_then_freed_recovers_without_loss(tmp_path: Path) -> None:
+    garbage = [f"not a log line {n:04d} " + "x" * 3000 + "\n" for n in range(200)]
+    with _tmpfs(tmp_path / "state", "2m"):
+        config, port = _configure(tmp_path)
+        daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
+        log = tmp_path / "logs" / "postgresql.log"
+        filler = tmp_path / "state" / "filler"
+        try:
+            append(log, BENIGN)
+            wait_for(
+                lambda: (
+                    metric_value(scrape(port), "breachwatch_events_total", source="pg-main") == 1
+                ),
+                10,
+                "the first event",
+                daemon,
+            )
+            assert _fill(filler) > 0
+            # 600 KB of quarantine and an incident cannot be stored on a full disk
+            append(log, "".join(garbage) + VIOLATION)
+            wait_for(
+                lambda: _log_lines(daemon, "store_write_failed"),
+                20,
+                "a clear error on the full disk",
+                daemon,
+            )
+            [line] = _log_lines(daemon, "store_write_failed")[:1]
+            assert "disk is full" in line and '"level": "error"' in line
+            assert daemon.alive()
+
+            filler.unlink()  # space freed
+            wait_for(lambda: cli_json(config, "incidents", "list"), 20, "recovery", daemon)
+            wait_for(
+                lambda: [n for n in cli_json(config, "notices") if n["state"] == "sent"],
+                20,
+                "the notice in the mail folder",
+                daemon,
+            )
+            metrics = scrape(port)
+            assert metric_value(metrics, "breachwatch_quarantined_records") == len(garbage)
+            assert metric_value(metrics, "breachwatch_events_total", source="pg-main") == 2
+            assert (
+                metric_value(metrics, "breachwatch_findings_total", rule="ntk.departed_account")
+                == 1
+            )
+            assert len(list((tmp_path / "state" / "mail" / "new").glob("*.eml"))) == 1
+        finally:
+            assert daemon.stop() == 0
+        assert len(cli_json(config, "incidents", "list")) == 1
