@@ -173,6 +173,8 @@ class Daemon:
         """Scheduler job: reminders, overdue marks, release and delivery of notices."""
         try:
             report = self.deadlines.tick(self.clock.now())
+            if report.clock_moved_back:
+                self.metrics.record_clock_backward_jump()
             delivered = self.outbox.deliver_due()
             if report.reminders or report.overdue or report.enqueued or delivered.sent:
                 self.plan_wakeups()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import structlog.testing
 from sqlalchemy import select
 
 from breachwatch.config import ObligationsConfig
@@ -117,3 +118,22 @@ def test_dismissal_during_hold_cancels_everything(tmp_path: Path) -> None:
     assert report.enqueued == 0 and report.overdue == [] and report.reminders == []
     with db.transaction() as session:
         assert {o.state for o in session.scalars(select(Obligation))} == {"cancelled"}
+
+
+def test_clock_jumping_back_an_hour_repeats_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, obligations={"hold": "30m"})
+    db = make_db(config)
+    with db.transaction() as session:
+        IncidentService(config).record(session, [finding(T0)], T0)
+    keeper = DeadlineKeeper(db, config, "smtp")
+    first = keeper.tick(T0 + timedelta(hours=37))
+    assert first.enqueued == 1 and len(first.reminders) == 2 and first.clock_moved_back == 0
+    with structlog.testing.capture_logs() as logs:
+        back = keeper.tick(T0 + timedelta(hours=36))  # an NTP step or a VM restore
+    assert back.clock_moved_back == 3600
+    assert back.reminders == [] and back.enqueued == 0 and back.overdue == []
+    assert any(e["event"] == "clock_moved_back" and e["log_level"] == "error" for e in logs)
+    again = keeper.tick(T0 + timedelta(hours=37, minutes=1))
+    assert again.clock_moved_back == 0 and again.reminders == [] and again.enqueued == 0
+    with db.transaction() as session:
+        assert len(list(session.scalars(select(OutboxMessage)))) == 1

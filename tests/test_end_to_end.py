@@ -4,6 +4,7 @@ SMTP server (aiosmtpd) and the real metrics endpoint."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
@@ -55,6 +56,17 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def _incident_count(tmp_path: Path) -> int:
+    db = tmp_path / "state" / "breachwatch.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM incidents").fetchone()[0])
+        except sqlite3.OperationalError:  # schema not created yet
+            return 0
+
+
 def _append(path: Path, text: str) -> None:
     with path.open("a", encoding="utf-8") as log:
         log.write(text)
@@ -73,11 +85,13 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
     log.write_text("")
     daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
     try:
-        _append(log, BENIGN + VIOLATION)
+        _append(log, BENIGN + "this is no log line\n" + VIOLATION)
         incidents = wait_for(
             lambda: cli_json(config, "incidents", "list"), 15, "an incident", daemon
         )
         assert len(incidents) == 1
+        quarantined = cli_json(config, "quarantine")
+        assert [(q["line"], q["reason"]) for q in quarantined] == [(2, "bad_prefix")]
         assert incidents[0]["actor"] == "kevin_helpdesk"
         assert incidents[0]["severity"] == "critical"
         assert incidents[0]["subjects"] == 1
@@ -110,6 +124,12 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
             _metric(metrics, "breachwatch_findings_total", rule="ntk.departed_account") or 0
         ) >= 1
         assert _metric(metrics, "breachwatch_events_total", source="pg-main") == 2
+        assert (
+            _metric(
+                metrics, "breachwatch_parse_errors_total", source="pg-main", reason="bad_prefix"
+            )
+            == 1
+        )
         assert "kevin" not in metrics and "1001" not in metrics  # no personal data in labels
         sent = wait_for(
             lambda: _metric(_scrape(metrics_port), "breachwatch_notices_total", outcome="sent"),
@@ -126,12 +146,13 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
 def test_kill_9_between_append_and_email_gives_one_incident_one_email(tmp_path: Path) -> None:
     smtp = start_smtp_server(tmp_path, require_starttls=False, auth=None)
     # a hold long enough that the kill lands before the notice is released
-    config = write_config(tmp_path, smtp_port=smtp.port, hold="3s")
+    config = write_config(tmp_path, smtp_port=smtp.port, hold="10s")
     log = tmp_path / "logs" / "postgresql.log"
     log.write_text("")
     daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
     _append(log, BENIGN + VIOLATION)
-    wait_for(lambda: cli_json(config, "incidents", "list"), 15, "an incident", daemon)
+    # read the store directly: a CLI subprocess per poll is too slow on a loaded machine
+    wait_for(lambda: _incident_count(tmp_path) or None, 15, "an incident", daemon)
     daemon.kill9()
     assert smtp.messages == []
 

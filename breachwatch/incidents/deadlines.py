@@ -8,7 +8,7 @@ twice, late, or after a restart is harmless: the scheduler only decides *when* t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select
@@ -38,6 +38,10 @@ class TickReport:
     completed: list[tuple[str, str]] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)  # refs escalated to the second contact
     awareness: list[str] = field(default_factory=list)  # refs given awareness by the window
+    clock_moved_back: float = 0.0  # seconds the clock went back since the previous tick
+
+
+CLOCK_TOLERANCE = timedelta(seconds=1)
 
 
 def message_key(obligation_id: int, subject: str) -> str:
@@ -52,9 +56,22 @@ class DeadlineKeeper:
         self._channel = channel_name
         self._domain = config.notifications.sender.rsplit("@", 1)[-1].strip(" >") or "localhost"
         self._alerts = StaffAlerts(config.notifications, self._domain)
+        self._last_now: datetime | None = None
 
     def tick(self, now: datetime) -> TickReport:
         report = TickReport()
+        if self._last_now is not None and now < self._last_now - CLOCK_TOLERANCE:
+            # Deadlines are stored instants and every effect is recorded once, so a clock that
+            # went back (NTP step, VM restore) neither repeats nor skips anything: it only
+            # delays what falls due. Say so, loudly: clocks matter for legal deadlines.
+            report.clock_moved_back = (self._last_now - now).total_seconds()
+            log.error(
+                "clock_moved_back",
+                seconds=round(report.clock_moved_back, 3),
+                previous=self._last_now.isoformat(),
+                now=now.isoformat(),
+            )
+        self._last_now = now if self._last_now is None else max(self._last_now, now)
         with self._db.transaction() as session:
             self._triage(session, now, report)
             for obligation in session.scalars(select(Obligation).where(Obligation.state == "open")):

@@ -105,6 +105,12 @@ class Metrics:
             "Configuration reloads rejected (the previous configuration stayed in force).",
             registry=r,
         )
+        self.clock_backward_jumps = Counter(
+            "breachwatch_clock_backward_jumps",
+            "Times the wall clock was seen to go back by more than a second (NTP step, VM "
+            "restore); deadlines are unaffected but delayed actions fire later.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "breachwatch_build_info",
             "Always 1; the version label says which breachwatch is running.",
@@ -162,6 +168,9 @@ class Metrics:
 
     def record_reload_failure(self) -> None:
         self.config_reload_failures.inc()
+
+    def record_clock_backward_jump(self) -> None:
+        self.clock_backward_jumps.inc()
 
     def attach(self, collector: Collector) -> None:
         """Register a scrape-time collector (e.g. the state collector) on this registry."""
