@@ -26,6 +26,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "breachwatch.commands_incidents",
     "breachwatch.commands_notify",
     "breachwatch.commands_demo",
+    "breachwatch.commands_detect",
+    "breachwatch.commands_db",
+    "breachwatch.commands_distributed",
+    "breachwatch.commands_policy",
 )
 DEFAULT_CONFIG = os.environ.get("BREACHWATCH_CONFIG", "/etc/breachwatch/breachwatch.yml")
 

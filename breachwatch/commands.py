@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,16 @@ from breachwatch.config import DaemonConfig, SourceConfig, load_config
 from breachwatch.detection.findings import Finding
 from breachwatch.detection.policy import load_policy
 from breachwatch.errors import ConfigError
+from breachwatch.incidents import views
 from breachwatch.incidents.lifecycle import IncidentState
-from breachwatch.incidents.service import IncidentService, get_incident
+from breachwatch.incidents.service import IncidentService
 from breachwatch.notifications.directory import CustomerDirectory
 from breachwatch.parsers.base import Record
 from breachwatch.parsers.registry import build_format
 from breachwatch.pipeline import Pipeline
 from breachwatch.sources.files import read_lines
 from breachwatch.store.database import Database
-from breachwatch.store.schema import (
-    FindingRow,
-    Incident,
-    IncidentHistory,
-    IncidentSubject,
-    Obligation,
-    OutboxMessage,
-    QuarantinedRecord,
-)
+from breachwatch.store.schema import QuarantinedRecord
 
 EXIT_OK, EXIT_FOUND = 0, 1
 
@@ -48,10 +40,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _iso(value: datetime | None) -> str:
-    return value.isoformat() if value else ""
 
 
 def _open_db(config: DaemonConfig) -> Database:
@@ -197,27 +185,6 @@ def scan(args: argparse.Namespace) -> int:
 
 
 # ---- incidents ---------------------------------------------------------------------------
-def _incident_json(incident: Incident, subjects: int) -> dict[str, Any]:
-    return {
-        "ref": incident.ref,
-        "state": incident.state,
-        "severity": incident.severity,
-        "actor": incident.actor,
-        "person": incident.person,
-        "store": incident.store,
-        "categories": incident.categories,
-        "subjects": subjects,
-        "detected_at": _iso(incident.detected_at),
-        "aware_at": _iso(incident.aware_at),
-        "first_event_at": _iso(incident.first_event_at),
-        "last_event_at": _iso(incident.last_event_at),
-        "aware_source": incident.aware_source,
-        "risk_band": incident.risk_band,
-        "risk_score": incident.risk_score,
-        "assignee": incident.assignee,
-    }
-
-
 def incidents(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     db = _open_db(config)
@@ -243,22 +210,9 @@ def incidents(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _subject_count(session: Any, incident_id: int) -> int:
-    return len(
-        list(
-            session.scalars(
-                select(IncidentSubject.subject).where(IncidentSubject.incident_id == incident_id)
-            )
-        )
-    )
-
-
 def _list_incidents(db: Database, args: argparse.Namespace) -> int:
     with db.transaction() as session:
-        query = select(Incident).order_by(Incident.id)
-        if args.state:
-            query = query.where(Incident.state == args.state)
-        items = [_incident_json(i, _subject_count(session, i.id)) for i in session.scalars(query)]
+        items = views.list_incidents(session, args.state)
     if args.json:
         for item in items:
             _emit(item)
@@ -282,39 +236,7 @@ def _list_incidents(db: Database, args: argparse.Namespace) -> int:
 
 def _show_incident(db: Database, args: argparse.Namespace) -> int:
     with db.transaction() as session:
-        incident = get_incident(session, args.ref)
-        data = _incident_json(incident, _subject_count(session, incident.id))
-        data["findings"] = [
-            {
-                "rule": f.rule,
-                "severity": f.severity,
-                "time": _iso(f.time),
-                "objects": f.objects,
-                "subjects": f.subjects,
-                "explanation": f.explanation,
-                "controls": f.controls,
-                "evidence": f.evidence,
-            }
-            for f in session.scalars(
-                select(FindingRow)
-                .where(FindingRow.incident_id == incident.id)
-                .order_by(FindingRow.time)
-            )
-        ]
-        data["obligations"] = [
-            _obligation_json(o, incident.ref)
-            for o in session.scalars(
-                select(Obligation).where(Obligation.incident_id == incident.id)
-            )
-        ]
-        data["history"] = [
-            {"at": _iso(h.at), "by": h.by, "action": h.action, "detail": h.detail}
-            for h in session.scalars(
-                select(IncidentHistory)
-                .where(IncidentHistory.incident_id == incident.id)
-                .order_by(IncidentHistory.id)
-            )
-        ]
+        data = views.incident_detail(session, args.ref, SystemClock().now())
     if args.json:
         _emit(data)
         return EXIT_OK
@@ -346,29 +268,10 @@ def _show_incident(db: Database, args: argparse.Namespace) -> int:
 
 
 # ---- obligations, notices, quarantine ----------------------------------------------------
-def _obligation_json(o: Obligation, ref: str) -> dict[str, Any]:
-    now = SystemClock().now()
-    return {
-        "incident": ref,
-        "regime": o.regime,
-        "recipient": o.recipient,
-        "state": o.state,
-        "clock_start": _iso(o.clock_start),
-        "due_at": _iso(o.due_at),
-        "release_at": _iso(o.release_at),
-        "overdue": o.state == "open" and now >= o.due_at,
-        "seconds_left": round((o.due_at - now).total_seconds()),
-        "reminders_sent": o.reminders_sent,
-    }
-
-
 def obligations(args: argparse.Namespace) -> int:
     db = _open_db(load_config(args.config))
     with db.transaction() as session:
-        query = select(Obligation, Incident.ref).join(Incident).order_by(Obligation.due_at)
-        if not args.all:
-            query = query.where(Obligation.state == "open")
-        items = [_obligation_json(o, ref) for o, ref in session.execute(query).all()]
+        items = views.list_obligations(session, SystemClock().now(), include_closed=args.all)
     if args.json:
         for item in items:
             _emit(item)
@@ -399,27 +302,7 @@ def notices(args: argparse.Namespace) -> int:
         _emit({"requeued": count}) if args.json else print(f"{count} notice(s) queued again")
         return EXIT_OK
     with db.transaction() as session:
-        query = (
-            select(OutboxMessage, Incident.ref)
-            .join(Obligation, OutboxMessage.obligation_id == Obligation.id)
-            .join(Incident)
-            .order_by(OutboxMessage.id)
-        )
-        if args.state:
-            query = query.where(OutboxMessage.state == args.state)
-        items: list[dict[str, Any]] = [
-            {
-                "incident": ref,
-                "recipient": m.recipient_id,
-                "channel": m.channel,
-                "state": m.state,
-                "attempts": m.attempts,
-                "message_id": m.message_id,
-                "sent_at": _iso(m.sent_at),
-                "error": m.last_error,
-            }
-            for m, ref in session.execute(query).all()
-        ]
+        items = views.list_notices(session, args.state)
     if args.json:
         for item in items:
             _emit(item)
@@ -456,7 +339,7 @@ def quarantine(args: argparse.Namespace) -> int:
                 "reason": q.reason,
                 "detail": q.detail,
                 "text": q.text,
-                "at": _iso(q.at),
+                "at": views.iso(q.at),
             }
             for q in session.scalars(query)
         ]
@@ -488,6 +371,8 @@ def rules(args: argparse.Namespace) -> int:
             "severity": spec.default_severity.value,
             "title": spec.title,
             "controls": list(spec.controls),
+            "iso27001": [c.split(" ", 1)[1] for c in spec.controls if c.startswith("ISO")],
+            "gdpr": spec.gdpr,
         }
         for spec in RULES.values()
     ]

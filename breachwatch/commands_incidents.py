@@ -24,7 +24,7 @@ from sqlalchemy import select
 from breachwatch.clock import SystemClock
 from breachwatch.config import DaemonConfig, load_config
 from breachwatch.errors import StateError
-from breachwatch.incidents import chain, documents, evidence, regimes
+from breachwatch.incidents import chain, documents, evidence, regimes, views
 from breachwatch.incidents.casework import EXEMPTIONS, PHASES, Casework
 from breachwatch.incidents.lifecycle import IncidentState
 from breachwatch.incidents.service import IncidentService, get_incident
@@ -289,12 +289,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _draft(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     with _db(config).transaction() as session:
-        incident = get_incident(session, args.ref)
-        d = documents.dossier(session, incident, config)
-    try:
-        doc = documents.draft(d, args.regime, args.lang, _now())
-    except ValueError as exc:
-        raise StateError(str(exc)) from exc
+        doc = views.draft_notice(session, config, args.ref, args.regime, args.lang, _now())
     if args.format == "json" or args.json:
         _emit(doc)
     else:

@@ -355,6 +355,42 @@ class MetricsConfig(_Strict):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class ApiConfig(_Strict):
+    """The local HTTP API (breachwatch/api): off by default, loopback by default, one bearer
+    token from a file or a systemd credential (never the token itself in this file). Changes
+    made through it are recorded in the history as done by ``principal``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9465, ge=0, le=65535)
+    token_file: Path | None = None
+    token_credential: str | None = None  # a name under $CREDENTIALS_DIRECTORY
+    principal: str = Field(default="api", pattern=r"^[A-Za-z0-9_.@:+-]{1,64}$")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _secret(self) -> ApiConfig:
+        if self.enabled or (self.token_file and self.token_credential):
+            _one_secret(self.token_file, self.token_credential, "api token")
+        return self
+
+
+class StreamSettings(_Strict):
+    """``stream:`` — the NATS JetStream event stream of ``mode: jetstream`` (breachwatch/
+    distributed): `breachwatch ship` publishes records, `breachwatch run` workers consume them."""
+
+    url: str = "nats://127.0.0.1:4222"
+    name: str = Field(default="BREACHWATCH", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field(default="breachwatch.records", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    partitions: int = Field(default=16, ge=1, le=4096)  # fixed once records are published
+    duplicate_window: Duration = timedelta(hours=1)  # JetStream drops a re-publish within it
+    max_age: Duration = timedelta(days=7)  # retention of published records
+    lease_ttl: Duration = timedelta(seconds=6)  # a dead worker's partitions move after this
+    fetch_batch: int = Field(default=1000, ge=1)
+    worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")
+    shipper_db: Path | None = None  # default: <state_dir>/shipper.db
+
+
 class DaemonConfig(_Strict):
     state_dir: Path
     database_url: str | None = None  # default: SQLite in state_dir
@@ -364,12 +400,23 @@ class DaemonConfig(_Strict):
     obligations: ObligationsConfig = ObligationsConfig()
     notifications: NotificationsConfig
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
     poll_interval: Duration = timedelta(milliseconds=250)
     flush_after: Duration = timedelta(milliseconds=500)  # emit a held record after this idle time
     tick_interval: Duration = timedelta(seconds=15)
     batch_lines: int = Field(default=5000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pseudonym_key_file: Path | None = None
+    # local: tail the sources (one process); jetstream: consume `breachwatch ship`'s stream
+    mode: Literal["local", "jetstream"] = "local"
+    stream: StreamSettings = StreamSettings()
+
+    @model_validator(mode="after")
+    def _jetstream_store(self) -> DaemonConfig:
+        url = self.database_url or ""
+        if self.mode == "jetstream" and not url.startswith("postgresql"):
+            raise ValueError("mode jetstream needs a shared PostgreSQL database_url")
+        return self
 
     @field_validator("sources")
     @classmethod
@@ -429,6 +476,11 @@ def load_config(path: Path) -> DaemonConfig:
             "policy": _resolve(base, raw.policy),
             "sources": [s.model_copy(update={"path": _resolve(base, s.path)}) for s in raw.sources],
             "notifications": notifications,
+            "api": (
+                raw.api.model_copy(update={"token_file": _resolve(base, raw.api.token_file)})
+                if raw.api.token_file
+                else raw.api
+            ),
             "pseudonym_key_file": (
                 _resolve(base, raw.pseudonym_key_file) if raw.pseudonym_key_file else None
             ),

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from breachwatch import __version__
+from breachwatch.api.server import ApiServer, serve_api
 from breachwatch.clock import Clock, SystemClock
 from breachwatch.config import DaemonConfig, load_config
 from breachwatch.detection.policy import load_policy
@@ -74,6 +75,7 @@ class Daemon:
         self.flags = _Flags(threading.Event(), threading.Event(), threading.Event())
         self.metrics = Metrics(version=__version__)
         self._metrics_server: MetricsServer | None = None
+        self._api_server: ApiServer | None = None
         self._signals = 0
         self._events_since_status = 0
         self._status_at = 0.0
@@ -134,11 +136,14 @@ class Daemon:
             self._metrics_server = serve_metrics(
                 self.metrics, config.metrics.host, config.metrics.port
             )
+        if config.api.enabled:
+            self._api_server = serve_api(config, self.db, self.clock)
         log.info(
             "started",
             version=__version__,
             sources=len(self.sources),
             metrics_port=self._metrics_server.port if self._metrics_server else None,
+            api_port=self._api_server.port if self._api_server else None,
             reconciled_notices=resumed,
         )
         self._status_at = self.clock.now().timestamp()
@@ -378,6 +383,8 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.notifier.status("stopping")
+        if self._api_server is not None:
+            self._api_server.shutdown()  # first: no change is accepted while stopping
         self.watcher.stop()
         self.scheduler.shutdown(wait=True)
         for source in self.sources:
@@ -390,7 +397,12 @@ class Daemon:
 
 def run_daemon(config_path: Path, **kwargs: Any) -> int:
     config = load_config(config_path)
-    daemon = Daemon(config_path, config, **kwargs)
+    daemon_class: type[Daemon] = Daemon
+    if config.mode == "jetstream":  # scaled out: records from the stream (breachwatch/distributed)
+        from breachwatch.distributed.worker import DistributedDaemon
+
+        daemon_class = DistributedDaemon
+    daemon = daemon_class(config_path, config, **kwargs)
     daemon.install_signal_handlers()
     daemon.start()
     try:

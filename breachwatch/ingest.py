@@ -86,6 +86,13 @@ class SourceIngest:
         self.newest_event: datetime | None = None
         for checkpoint in load_checkpoints(db, self.name):
             self._committed[checkpoint.identity.key] = checkpoint.offset
+        fresh = [
+            f.identity
+            for f in self.tailer.tracked()
+            if f.read_offset == 0 and f.identity.key not in self._committed
+        ]
+        if fresh:
+            self._checkpoint_start(fresh, clock.now())
 
     def step(
         self, pipeline: Pipeline, incidents: IncidentService, max_lines: int
@@ -95,11 +102,14 @@ class SourceIngest:
         report = IngestReport(self.name)
         records: list[tuple[str, Record]] = []  # (file key, record), in reading order
         touched: set[str] = set()
+        unknown: list[str] = []  # files read from their start that no checkpoint names yet
         for chunk in self.tailer.read(max_lines):
             key = chunk.identity.key
             state = self._files.get(key)
             if state is None or chunk.reset:
                 start = chunk.lines[0] if chunk.lines else None
+                if key not in self._committed and (start is None or start.offset == 0):
+                    unknown.append(key)
                 state = _FileState(
                     chunk.identity,
                     chunk.path,
@@ -124,6 +134,8 @@ class SourceIngest:
             if idle and state.framer.pending_offset() is not None:
                 records.extend((key, r) for r in state.framer.flush())
                 touched.add(key)
+        if unknown:
+            self._checkpoint_start([self._files[k].identity for k in unknown], now)
         finished = self._finished_files()
         if not touched and not finished:
             return None
@@ -172,6 +184,25 @@ class SourceIngest:
             for key, state in self._files.items()
             if key not in tracked and state.framer.pending_offset() is None
         ]
+
+    def _checkpoint_start(self, identities: list[FileIdentity], now: datetime) -> None:
+        """Checkpoint files no checkpoint names yet at their start, at once, before any
+        (possibly long) batch: killed before that batch commits and rotated while down, such a
+        file is still found at restart under its new name, with the files rotated after it,
+        instead of being skipped."""
+        paths = {f.identity.key: f.path for f in self.tailer.tracked()}
+        with self._db.transaction() as session:
+            for identity in identities:
+                row = session.get(Checkpoint, (self.name, identity.key))
+                if row is None:
+                    row = Checkpoint(source=self.name, file_key=identity.key)
+                    session.add(row)
+                row.path = paths.get(identity.key, "")
+                row.dev, row.inode = identity.dev, identity.inode
+                row.fp_len, row.fp_hash = identity.fp_len, identity.fp_hash
+                row.offset, row.line_no, row.updated_at = 0, 0, now
+        for identity in identities:
+            self._committed[identity.key] = 0
 
     def _save_checkpoint(self, session: Session, state: _FileState, now: datetime) -> int:
         pending = state.framer.pending_offset()

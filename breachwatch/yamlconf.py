@@ -48,6 +48,8 @@ def read_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(name, "", f"valid YAML ({getattr(exc, 'problem', exc)})", line) from exc
+    except RecursionError as exc:  # PyYAML composes recursively: "[[[[..." must not crash
+        raise ConfigError(name, "", "valid YAML (nested too deeply)") from exc
     lines: dict[KeyPath, int] = {}
     if node is not None:
         _index_lines(node, (), lines)

@@ -33,13 +33,19 @@ def pg_line(
     return f"{when} [{pid}] {user}@webhostdb {app} {host} {message}\n"
 
 
-def audit_read(when: str, pid: int, user: str, stmt_id: int, table: str, sql: str) -> str:
+def audit_read(
+    when: str, pid: int, user: str, stmt_id: int, table: str, sql: str, app: str | None = None
+) -> str:
+    """A pgaudit READ line; service accounts connect through their application, people psql."""
     quoted = '"' + sql.replace('"', '""') + '"' if any(c in sql for c in ',"\n') else sql
+    if app is None:
+        app = "webshop" if user.startswith("svc_") else "psql"
     return pg_line(
         when,
         pid,
         user,
         f"LOG:  AUDIT: SESSION,{stmt_id},1,READ,SELECT,TABLE,{table},{quoted},<none>",
+        app=app,
     )
 
 

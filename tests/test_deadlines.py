@@ -137,3 +137,27 @@ def test_clock_jumping_back_an_hour_repeats_nothing(tmp_path: Path) -> None:
     assert again.clock_moved_back == 0 and again.reminders == [] and again.enqueued == 0
     with db.transaction() as session:
         assert len(list(session.scalars(select(OutboxMessage)))) == 1
+
+
+def test_customers_found_after_every_notice_went_out_still_get_one(tmp_path: Path) -> None:
+    config = make_config(tmp_path, obligations={"hold": "0s"})
+    db = make_db(config)
+    service = IncidentService(config)
+    with db.transaction() as session:
+        service.record(session, [finding(T0, subjects=("1001",))], T0)
+    keeper = DeadlineKeeper(db, config, "smtp")
+    assert keeper.tick(T0 + timedelta(minutes=1)).enqueued == 1
+    with db.transaction() as session:  # the notice went out: the obligation completes
+        for message in session.scalars(select(OutboxMessage)):
+            message.state = "sent"
+    assert [c[1] for c in keeper.tick(T0 + timedelta(minutes=2)).completed] == ["gdpr_art34"]
+    with db.transaction() as session:  # later, the same actor's next finding names 1002
+        service.record(
+            session,
+            [finding(T0 + timedelta(minutes=3), offset=700, subjects=("1002",))],
+            T0 + timedelta(minutes=3),
+        )
+    assert keeper.tick(T0 + timedelta(minutes=4)).enqueued == 1
+    with db.transaction() as session:
+        recipients = sorted(m.recipient_id for m in session.scalars(select(OutboxMessage)))
+    assert recipients == ["1001", "1002"]

@@ -27,6 +27,7 @@ from breachwatch.detection.findings import Finding, Severity
 from breachwatch.detection.policy import Policy, ServiceAccount, StaffMember, StaffStatus
 from breachwatch.detection.rules import RULES
 from breachwatch.events import AccessEvent, Action
+from breachwatch.sql.analyze import analyze
 
 ACCESS_ACTIONS = frozenset({Action.READ, Action.WRITE, Action.DELETE, Action.EXPORT, Action.DDL})
 
@@ -55,6 +56,25 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     cache[key] = value
 
 
+def is_aggregate(event: AccessEvent, identifying: frozenset[str] = frozenset()) -> bool:
+    """A read whose statement returns only aggregates (counts, sums), grouped by nothing in
+    ``identifying`` (the data map's subject and identifying columns): statistics, not
+    personal data. (The shape is cached per statement.)"""
+    if event.action is not Action.READ or not event.statement:
+        return False
+    shape = analyze(event.statement)
+    return shape.aggregate_only and not identifying.intersection(shape.group_columns)
+
+
+def is_maintenance(event: AccessEvent, policy: Policy) -> bool:
+    """DDL that does not change what is stored (indexes, statistics), by command prefix."""
+    if event.action is not Action.DDL:
+        return False
+    texts = [t.lstrip().upper() for t in (event.command, event.statement) if t]
+    prefixes = [p.upper() for p in policy.privileged.maintenance]
+    return any(t.startswith(p) for t in texts for p in prefixes)
+
+
 class PolicyView:
     """The policy lookups detectors make per event, in plain dicts.
 
@@ -75,6 +95,14 @@ class PolicyView:
         self._personal: dict[tuple[str, str], bool] = {}
         self._categories: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._granted: dict[tuple[frozenset[str], str, str, Action], bool] = {}
+        self._bulk: dict[tuple[frozenset[str], str, str, Action], bool] = {}
+        self.privileged_roles = frozenset(policy.privileged.roles)
+        self.identifying = frozenset(
+            column
+            for entry in policy.data_map
+            for column in (entry.subject_column, *entry.identifying_columns)
+            if column
+        )
 
     def resolve_actor(self, account: str) -> StaffMember | ServiceAccount | None:
         return self._actors.get(account)
@@ -108,6 +136,16 @@ class PolicyView:
         if found is None:
             found = self.policy.is_granted(roles, store, obj, action)
             _remember(self._granted, key, found)
+        return found
+
+    def bulk_allowed(self, roles: frozenset[str], store: str, obj: str, action: Action) -> bool:
+        """Whether a grant with ``bulk: true`` covers the access (lists are the job)."""
+        key = (roles, store, obj, action)
+        found = self._bulk.get(key)
+        if found is None:
+            grants = self.policy.covering_grants(roles, store, obj, action)
+            found = any(g.bulk for g in grants)
+            _remember(self._bulk, key, found)
         return found
 
 
@@ -157,10 +195,16 @@ class NeedToKnowDetector:
         self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
         # (actor, store, objects, action) -> True when such an event raises nothing: the
         # verdict depends on nothing else, and most events of a day repeat one of a few keys.
-        self._quiet: dict[tuple[str, str, tuple[str, ...], Action], bool] = {}
+        self._quiet: dict[tuple[str, str, tuple[str, ...], Action, bool], bool] = {}
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        key = (event.actor, event.store, event.objects, event.action)
+        key = (
+            event.actor,
+            event.store,
+            event.objects,
+            event.action,
+            is_aggregate(event, self._policy.identifying),
+        )
         quiet = self._quiet.get(key)
         if quiet is None:
             quiet = self._is_quiet(event)
@@ -171,8 +215,10 @@ class NeedToKnowDetector:
         if event.action in (Action.DENIED, Action.LOGIN_FAILED):
             return False
         actor = self._policy.resolve_actor(event.actor)
-        if isinstance(actor, StaffMember) and actor.status is not StaffStatus.ACTIVE:
-            return False
+        if isinstance(actor, StaffMember) and (
+            actor.status is not StaffStatus.ACTIVE or actor.start or actor.end
+        ):
+            return False  # judged every time: the verdict depends on the date
         return not self._judge(event)
 
     def _judge(self, event: AccessEvent) -> list[Finding]:
@@ -183,15 +229,20 @@ class NeedToKnowDetector:
         personal = tuple(o for o in event.objects if policy.is_personal(event.store, o))
         found: list[Finding] = []
 
-        if isinstance(actor, StaffMember) and actor.status is not StaffStatus.ACTIVE:
+        if isinstance(actor, StaffMember) and actor.departed_at(event.time):
             what = _what(event)
+            if actor.status is not StaffStatus.ACTIVE:
+                why = f"{actor.person} has status {actor.status.value}"
+            elif actor.end is not None and event.time.date() > actor.end:
+                why = f"{actor.person}'s employment ended on {actor.end}"
+            else:
+                why = f"{actor.person}'s employment starts on {actor.start}"
             found.append(
                 finding(
                     policy,
                     "ntk.departed_account",
                     event,
-                    f"{who} {what}, but {actor.person} has status {actor.status.value}; "
-                    "the account must not be used.",
+                    f"{who} {what}, but {why}; the account must not be used.",
                     person=person,
                     objects=event.objects,
                 )
@@ -249,6 +300,8 @@ class NeedToKnowDetector:
                 )
             ]
         roles = frozenset(actor.roles)
+        if roles & policy.privileged_roles and is_aggregate(event, policy.identifying):
+            return []  # counts and statistics are routine administration
         outside = tuple(
             o for o in personal if not policy.is_granted(roles, event.store, o, event.action)
         )

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -62,8 +62,13 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from breachwatch.detection.anomaly_policy import DetectionPolicy
+from breachwatch.detection.casework import Casework
 from breachwatch.detection.findings import Severity
+from breachwatch.detection.hours import Schedule
+from breachwatch.detection.registry import Registry
 from breachwatch.detection.rules import RULES
+from breachwatch.detection.transfers import Transfers
 from breachwatch.events import Action
 from breachwatch.yamlconf import load_yaml_model
 
@@ -116,11 +121,44 @@ class StaffMember(_Model):
     accounts: tuple[Name, ...] = Field(min_length=1)
     roles: tuple[Name, ...] = ()
     status: StaffStatus = StaffStatus.ACTIVE
+    team: Name | None = None  # cases assigned to the team count as the person's
+    start: date | None = None  # employment start / end: use outside them is "departed"
+    end: date | None = None
+
+    def departed_at(self, when: datetime) -> bool:
+        """Whether the account must not be used at ``when`` (status, or after the end date
+        even if nobody updated the status)."""
+        if self.status is not StaffStatus.ACTIVE:
+            return True
+        day = when.date()
+        return (self.end is not None and day > self.end) or (
+            self.start is not None and day < self.start
+        )
+
+
+# Client applications that mean a person is typing (a service account must never show them).
+INTERACTIVE_CLIENTS = (
+    "psql",
+    "pgAdmin*",
+    "DBeaver*",
+    "DataGrip*",
+    "mysql",
+    "mariadb",
+    "MySQL Workbench*",
+    "HeidiSQL*",
+    "Navicat*",
+    "TablePlus*",
+)
 
 
 class ServiceAccount(_Model):
     account: Name
     roles: tuple[Name, ...] = ()
+    # What the service legitimately shows up as; empty = not checked. Once applications are
+    # listed, an interactive client (``interactive_clients``: psql, DBeaver...) is a finding
+    # even if it is listed too.
+    applications: tuple[Name, ...] = ()  # globs on the application name
+    sources: tuple[Name, ...] = ()  # addresses, CIDRs, "[local]", "localhost"
 
 
 class DataMapEntry(_Model):
@@ -129,10 +167,16 @@ class DataMapEntry(_Model):
     categories: tuple[Name, ...] = Field(min_length=1)
     subject_column: Name | None = None
     identifying_columns: tuple[Name, ...] = ()
+    archive: bool = False  # retention-only data: only the archive roles process it
 
     @property
     def is_glob(self) -> bool:
         return any(char in self.object for char in "*?[")
+
+
+class SubjectLimit(_Model):
+    window: Duration
+    threshold: int = Field(ge=1)
 
 
 class Grant(_Model):
@@ -140,6 +184,13 @@ class Grant(_Model):
     objects: tuple[Name, ...] = ()
     categories: tuple[Name, ...] = ()
     actions: tuple[Action, ...] = Field(min_length=1)
+    # Conditions: all must hold for the grant to cover an access.
+    ticket: bool = False  # an open case of the customer assigned to the person or team
+    hours: Name | None = None  # a schedule in ``hours``
+    max_subjects: SubjectLimit | None = None
+    legal_reference: bool = False  # only with a recorded legal exception
+    bulk: bool = False  # whole-table reads are part of the job (lists, batch runs)
+    purpose: Name | None = None  # marketing, analytics, billing, support, ...
 
     @model_validator(mode="after")
     def _covers_something(self) -> Grant:
@@ -165,6 +216,52 @@ class Anomaly(_Model):
     limit_bound: int = Field(default=100, ge=1)
 
 
+class LegalException(_Model):
+    """A recorded legal ground (court order, law-enforcement request) to access content."""
+
+    id: Name
+    person: Name | None = None  # None: anyone
+    objects: tuple[Name, ...] = ()  # names/globs; empty: any
+    subjects: tuple[Name, ...] = ()  # empty: any
+    start: datetime
+    end: datetime
+
+
+class Telecom(_Model):
+    """Communications content (e-communications secrecy): read only under a legal exception."""
+
+    categories: tuple[Name, ...] = ("communications_content",)
+    exceptions: tuple[LegalException, ...] = ()
+
+
+class Privileged(_Model):
+    roles: tuple[Name, ...] = ()
+    change_windows: Name | None = None  # a schedule in ``hours``; None: never
+    # DDL that does not change what is stored (routine maintenance), by command prefix.
+    maintenance: tuple[Name, ...] = (
+        "CREATE INDEX",
+        "DROP INDEX",
+        "REINDEX",
+        "ANALYZE",
+        "VACUUM",
+        "CLUSTER",
+        "COMMENT",
+        "OPTIMIZE",
+    )
+
+
+class Marketing(_Model):
+    purposes: tuple[Name, ...] = ("marketing",)
+    # Registers a campaign must exclude (NOT EXISTS / NOT IN): objections, restrictions...
+    must_exclude: tuple[Name, ...] = ()
+
+
+class Retention(_Model):
+    former_customer_after: Duration = timedelta(days=730)
+    purposes: tuple[Name, ...] = ("marketing", "analytics")  # live purposes
+    end_columns: tuple[Name, ...] = ("ends_on",)  # a filter "< ..." on these targets them
+
+
 Actor = StaffMember | ServiceAccount
 Loc = tuple[str | int, ...]
 
@@ -185,8 +282,20 @@ class Policy(_Model):
     data_map: tuple[DataMapEntry, ...] = ()
     grants: tuple[Grant, ...] = ()
     anomaly: Anomaly = Anomaly()
+    detection: DetectionPolicy = DetectionPolicy()  # baselines, behaviour, Sigma
     severity: dict[str, Severity] = Field(default_factory=dict)
+    hours: dict[Name, Schedule] = Field(default_factory=dict)
+    casework: Casework | None = None
+    registry: Registry | None = None
+    transfers: Transfers = Transfers()
+    telecom: Telecom = Telecom()
+    archive_roles: tuple[Name, ...] = ("finance", "legal")
+    privileged: Privileged = Privileged()
+    marketing: Marketing = Marketing()
+    retention: Retention = Retention()
+    interactive_clients: tuple[Name, ...] = INTERACTIVE_CLIENTS
 
+    _base: Path = PrivateAttr(default_factory=Path.cwd)
     _actors: dict[str, Actor] = PrivateAttr(default_factory=dict)
     _exact: dict[tuple[str, str], DataMapEntry] = PrivateAttr(default_factory=dict)
     _globs: tuple[DataMapEntry, ...] = PrivateAttr(default=())
@@ -226,6 +335,24 @@ class Policy(_Model):
                     f"account {service.account!r} is already listed at {owners[service.account]}",
                 )
             owners[service.account] = f"service_accounts.{i}"
+        for i, grant in enumerate(self.grants):
+            if grant.hours is not None and grant.hours not in self.hours:
+                raise _refuse(
+                    ("grants", i, "hours"),
+                    grant.hours,
+                    f"no schedule {grant.hours!r} in hours; known: {sorted(self.hours)}",
+                )
+            if grant.ticket and self.casework is None:
+                raise _refuse(
+                    ("grants", i, "ticket"), True, "a ticket condition needs a casework section"
+                )
+        windows = self.privileged.change_windows
+        if windows is not None and windows not in self.hours:
+            raise _refuse(
+                ("privileged", "change_windows"),
+                windows,
+                f"no schedule {windows!r} in hours; known: {sorted(self.hours)}",
+            )
         for rule in self.severity:
             if rule not in RULES:
                 raise _refuse(
@@ -248,6 +375,11 @@ class Policy(_Model):
             else:
                 self._exact.setdefault((entry.store, entry.object), entry)
         self._globs = tuple(globs)
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative reference paths are resolved against."""
+        return self._base
 
     def resolve_actor(self, account: str) -> Actor | None:
         return self._actors.get(account)
@@ -310,6 +442,22 @@ class Policy(_Model):
                 columns.setdefault(entry.object, entry.identifying_columns)
         return columns
 
+    def covering_grants(
+        self, roles: frozenset[str], store: str, obj: str, action: Action
+    ) -> tuple[Grant, ...]:
+        """Every grant of ``roles`` that covers ``action`` on ``obj`` (conditions aside)."""
+        entry = self.data_entry(store, obj)
+        return tuple(
+            grant
+            for grant in self.grants
+            if grant.role in roles
+            and action in grant.actions
+            and (
+                grant.matches_object(obj)
+                or (entry is not None and set(entry.categories) <= set(grant.categories))
+            )
+        )
+
     def is_granted(self, roles: frozenset[str], store: str, obj: str, action: Action) -> bool:
         key = (roles, store, obj, action)
         cached = self._grant_cache.get(key)
@@ -337,5 +485,8 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 
 
 def load_policy(path: Path) -> Policy:
-    """Read and check a policy file; refuses it with a ConfigError (file, line, key path)."""
-    return load_yaml_model(Policy, path)
+    """Read and check a policy file; refuses it with a ConfigError (file, line, key path).
+    Relative reference paths (cases, registry) are relative to the file's directory."""
+    policy = load_yaml_model(Policy, path)
+    policy._base = path.resolve().parent
+    return policy

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from breachwatch.store import locks
 from breachwatch.store.schema import IncidentHistory, Meta
 
 GENESIS = "0" * 64
@@ -147,8 +148,13 @@ def append(session: Session, row: IncidentHistory) -> None:
     """Chain a new row: called by record_history, the single entry point for history."""
     row.detail = normalise(row.detail)
     row.prev_hash, row.hash = "", ""
+    # One appender at a time, until commit: the id is assigned under the lock, so ids follow
+    # the lock order and the previous row read below is committed (PostgreSQL: an advisory
+    # lock; SQLite: the write lock). Without it two transactions could both link to the same
+    # previous row and fork the chain.
+    locks.xact_lock(session, locks.CHAIN)
     session.add(row)
-    session.flush()  # assigns the id; under SQLite the write lock is now held
+    session.flush()  # assigns the id
     prev = session.scalar(
         select(IncidentHistory.hash)
         .where(IncidentHistory.id < row.id)

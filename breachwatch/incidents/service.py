@@ -5,11 +5,14 @@ produced it."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from breachwatch.config import DaemonConfig
@@ -22,8 +25,9 @@ from breachwatch.incidents.lifecycle import (
     IncidentState,
     check_transition,
 )
-from breachwatch.incidents.obligations import ObligationPlan
+from breachwatch.incidents.obligations import CUSTOMER_NOTICE, ObligationPlan
 from breachwatch.incidents.severity import RiskInputs, assess, effective_band
+from breachwatch.store import locks
 from breachwatch.store.schema import (
     FindingRow,
     Incident,
@@ -64,19 +68,34 @@ class IncidentService:
     # ---- ingest side -------------------------------------------------------------------
     def record(self, session: Session, findings: list[Finding], now: datetime) -> RecordResult:
         result = RecordResult()
+        if not findings:
+            return result
+        # Another process may record the same findings into the same store (PostgreSQL): the
+        # actors' locks, taken before the open incident is looked up, make that lookup the
+        # committed truth, so one cause never opens two incidents. The history chain's lock
+        # is taken in the same sorted pass (one lock order for every writer: no deadlock).
+        locks.xact_lock(session, *{locks.actor(f.actor) for f in findings}, locks.CHAIN)
         touched: dict[int, Incident] = {}
+        members: dict[int, list[int]] = {}
         for finding in findings:
-            if session.scalar(select(FindingRow.id).where(FindingRow.key == finding.key)):
-                continue  # already recorded before a restart: nothing twice
+            row_id = insert_finding(session, finding, now)
+            if row_id is None:
+                continue  # already recorded (before a restart, or by another process)
             incident = self._open_incident_for(session, finding)
             if incident is None and finding.severity.rank >= self._min.rank:
                 incident = self._open(session, finding, now, result)
-            row = finding_row(finding, incident, now)
-            session.add(row)
             result.new_findings.append(finding)
             if incident is not None:
+                members.setdefault(incident.id, []).append(row_id)
                 self._attach(session, incident, finding, now)
                 touched[incident.id] = incident
+        for incident_id, row_ids in members.items():
+            session.execute(
+                update(FindingRow)
+                .where(FindingRow.id.in_(row_ids))
+                .values(incident_id=incident_id)
+                .execution_options(synchronize_session=False)
+            )
         session.flush()
         for incident in touched.values():
             result.new_obligations.extend(self.refresh(session, incident, now))
@@ -291,8 +310,8 @@ def new_incident(
     now: datetime,
 ) -> Incident:
     incident = Incident(
-        ref="pending",
-        correlation_key=correlation_key,
+        ref=f"pending-{uuid.uuid4().hex[:20]}",  # unique: concurrent writers never collide
+        correlation_key=fit_key(correlation_key),
         state=IncidentState.SUSPECTED.value,
         severity=Severity(finding.severity).value,
         actor=finding.actor,
@@ -319,8 +338,30 @@ def add_subjects(
             select(IncidentSubject.subject).where(IncidentSubject.incident_id == incident.id)
         )
     )
-    for subject in sorted(set(subjects) - known):
+    new = sorted(set(subjects) - known)
+    for subject in new:
         session.add(IncidentSubject(incident_id=incident.id, subject=subject, first_seen_at=now))
+    if not new:
+        return
+    # Customers found after every earlier notice went out are owed one too: a notice
+    # obligation that was complete is open again until they have theirs.
+    for obligation in session.scalars(
+        select(Obligation).where(
+            Obligation.incident_id == incident.id,
+            Obligation.regime == CUSTOMER_NOTICE,
+            Obligation.state == "done",
+        )
+    ):
+        obligation.state, obligation.done_at = "open", None
+        record_history(
+            session,
+            incident,
+            now,
+            SYSTEM,
+            "obligation_reopened",
+            regime=obligation.regime,
+            new_subjects=len(new),
+        )
 
 
 def subject_count(session: Session, incident_id: int) -> int:
@@ -496,10 +537,42 @@ def get_incident(session: Session, ref: str) -> Incident:
     return incident
 
 
+def fit_key(key: str, limit: int = 255) -> str:
+    """A correlation key that fits its column (PostgreSQL enforces lengths): long ones are
+    replaced by their SHA-256, which keeps them unique and deterministic."""
+    if len(key) <= limit:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def insert_finding(session: Session, finding: Finding, now: datetime) -> int | None:
+    """INSERT … ON CONFLICT (key) DO NOTHING: the new row's id, or None when a finding with
+    this key is already stored (by an earlier batch, or by another process meanwhile)."""
+    values = finding_values(finding, now)
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        return session.scalar(
+            insert(FindingRow)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[FindingRow.key])
+            .returning(FindingRow.id)
+        )
+    if session.scalar(select(FindingRow.id).where(FindingRow.key == finding.key)) is not None:
+        return None
+    row = FindingRow(**values)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
 def finding_row(finding: Finding, incident: Incident | None, now: datetime) -> FindingRow:
-    return FindingRow(
+    return FindingRow(incident_id=incident.id if incident else None, **finding_values(finding, now))
+
+
+def finding_values(finding: Finding, now: datetime) -> dict[str, Any]:
+    return dict(
         key=finding.key,
-        incident_id=incident.id if incident else None,
         rule=finding.rule,
         severity=finding.severity.value,
         time=finding.time,

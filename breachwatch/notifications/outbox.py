@@ -104,8 +104,14 @@ class OutboxWorker:
         """Settle messages a crash left in `sending`. Returns how many were found."""
         now = self._clock.now()
         with self._db.transaction() as session:
+            # SKIP LOCKED: a notice another worker is sending right now holds its row lock
+            # (PostgreSQL), so only the leftovers of a dead process are settled here.
             rows = list(
-                session.scalars(select(OutboxMessage).where(OutboxMessage.state == "sending"))
+                session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.state == "sending")
+                    .with_for_update(skip_locked=True)
+                )
             )
             for row in rows:
                 channel = self._channel_for(row.key)
@@ -181,31 +187,55 @@ class OutboxWorker:
             self._settle_failure(item, exc, report, channel.name if channel else "webhook")
             return
         (self.staff_bucket if kind else self.bucket).acquire()
-        with self._db.transaction() as session:
-            marked = session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == item.id, OutboxMessage.state == "queued")
-                .values(state="sending", channel=channel.name, attempts=OutboxMessage.attempts + 1)
-                .execution_options(synchronize_session=False)
-            )
-            if not getattr(marked, "rowcount", 0):  # held or cancelled meanwhile by staff
-                return
+        if not self._claim(item, channel.name):
+            return  # held or cancelled meanwhile by staff, or taken by another worker
         # the attempt is committed before anything leaves the process
-        try:
-            receipt = channel.deliver(message, item.key)
-        except DeliveryError as exc:
-            self._settle_failure(item, exc, report, channel.name)
-            return
+        failure: DeliveryError | None = None
         with self._db.transaction() as session:
+            # The row stays locked while the channel is called (PostgreSQL), so that another
+            # process's reconcile() does not take a notice in flight for a crashed one's.
             session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == item.id)
-                .values(state="sent", sent_at=self._clock.now(), receipt=receipt, last_error=None)
-                .execution_options(synchronize_session=False)
+                select(OutboxMessage.id).where(OutboxMessage.id == item.id).with_for_update()
             )
+            try:
+                receipt = channel.deliver(message, item.key)
+            except DeliveryError as exc:
+                failure = exc
+            else:
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == item.id)
+                    .values(
+                        state="sent", sent_at=self._clock.now(), receipt=receipt, last_error=None
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+        if failure is not None:
+            self._settle_failure(item, failure, report, channel.name)
+            return
         report.sent += 1
         self._observe(channel.name, "sent")
         log.info("notice_sent", message_id=item.message_id, channel=channel.name)
+
+    def _claim(self, item: _Due, channel: str) -> bool:
+        """queued → sending, committed, by exactly one worker: `FOR UPDATE SKIP LOCKED` lets
+        concurrent workers (other processes on PostgreSQL) pass over a row being claimed, and
+        the state condition over one claimed already."""
+        with self._db.transaction() as session:
+            claimed = session.scalar(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.id == item.id, OutboxMessage.state == "queued")
+                .with_for_update(skip_locked=True)
+            )
+            if claimed is None:
+                return False
+            marked = session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == item.id, OutboxMessage.state == "queued")
+                .values(state="sending", channel=channel, attempts=OutboxMessage.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(marked, "rowcount", 0))
 
     def _build(self, item: _Due, view: ObligationView, kind: str | None) -> EmailMessage:
         now = self._clock.now()

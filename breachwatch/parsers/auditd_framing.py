@@ -16,7 +16,9 @@ _RECORD_RE = re.compile(
     r"(?:node=(?P<node>\S+) )?type=(?P<type>\S+) msg=audit\((?P<sec>\d+)\.(?P<ms>\d+):"
     r"(?P<serial>\d+)\):\s?"
 )
-_FIELD_RE = re.compile(r'([A-Za-z_][\w-]*)=("[^"]*"|\S*)')
+# The lookbehind makes a key start only at a word boundary: without it, findall retries from
+# every character of a long run of word characters, which is quadratic on a hostile line.
+_FIELD_RE = re.compile(r'(?<![\w-])([A-Za-z_][\w-]*)=("[^"]*"|\S*)')
 _ENDS = frozenset({"EOE", "PROCTITLE"})
 _SINGLE_PREFIXES = ("USER_", "CRED_", "DAEMON_", "SERVICE_", "SYSTEM_", "ANOM_", "AVC_USER")
 EVENT_TIMEOUT_S = 2  # auditd's end_of_event_timeout: a later event this much newer ends it

@@ -27,7 +27,8 @@ _DENIED_RE = re.compile(
     r"|relation|function|procedure|database|column|large object) (?P<name>\S+)"
 )
 _FAILED_RE = re.compile(
-    r'(?P<method>[\w-]+) authentication failed for user "(?P<user>[^"]*)"'
+    # (?<![\w-]): a method name starts at a word boundary, so search() stays linear
+    r'(?<![\w-])(?P<method>[\w-]+) authentication failed for user "(?P<user>[^"]*)"'
     r"|no pg_hba\.conf entry for (?:replication connection from )?"
     r'host "[^"]*", user "(?P<u2>[^"]*)"'
     r'|pg_hba\.conf rejects (?:replication )?connection for host "[^"]*", user "(?P<u3>[^"]*)"'
@@ -193,6 +194,8 @@ def decode_parameters(field: str) -> tuple[tuple[str, ...], bool]:
         return (), True
     if field == "<not logged>":
         return (), False
+    if '"' not in field:  # no quoting: a plain split gives what split_csv would
+        return tuple(field.split(",")), True
     values, _ = split_csv(field)
     return tuple(values), True
 
@@ -218,38 +221,171 @@ def _audit_plan(cls: str, command: str, statement: str) -> tuple[Action, tuple[s
     return Action.OTHER, ()
 
 
-def audit_event(info: PgRecordInfo, payload: str) -> AccessEvent:
+# What an AUDIT line's fields other than the statement/substatement ids and the parameters
+# decide: (action, objects, command, statement, tags). A repeated statement costs one lookup.
+_Template = tuple[Action, tuple[str, ...], str | None, str | None, tuple[str, ...]]
+_TEMPLATES: dict[tuple[str, str, str, str, str, str], _Template] = {}
+# (template tags, stmt id, substmt id, parameters logged, record tags) -> the event's tags
+_TAGS: dict[tuple[tuple[str, ...], str, str, bool, tuple[str, ...]], frozenset[str]] = {}
+_TEMPLATE_LIMIT = 8192
+# (audit type, the payload from the class to the end of the statement) -> template
+_FAST: dict[tuple[str, str], _Template] = {}
+
+
+def _template(
+    audit_type: str, cls: str, command: str, object_type: str, object_name: str, statement: str
+) -> _Template:
+    key = (audit_type, cls, command, object_type, object_name, statement)
+    found = _TEMPLATES.get(key)
+    if found is None:
+        action, extra = _audit_plan(cls, command, statement)
+        tags = ("audit_type:" + audit_type, "class:" + cls, *extra)
+        if object_type:
+            tags += ("object_type:" + object_type,)
+        found = (
+            action,
+            (object_name,) if object_name else (),
+            command or None,
+            statement or None,
+            tags,
+        )
+        if len(_TEMPLATES) >= _TEMPLATE_LIMIT:
+            _TEMPLATES.clear()  # statement texts come from the log: keep the cache bounded
+        _TEMPLATES[key] = found
+    return found
+
+
+def audit_payload_event(
+    payload: str,
+    time: datetime,
+    store: str,
+    user: str | None,
+    database: str | None,
+    application: str | None,
+    client: str | None,
+    session: str | None,
+    position: SourcePosition,
+    record_tags: tuple[str, ...],
+) -> AccessEvent:
+    """The event of one AUDIT payload (what follows ``AUDIT: ``), built in one construction."""
+    # Fast path: the payload cut at its first three commas and its last one. The part from
+    # the class to the end of the statement is looked up among those already parsed, which
+    # also tells that the statement ended at that last comma; the parameters follow it.
+    i1 = payload.find(",")
+    i2 = payload.find(",", i1 + 1)
+    i3 = payload.find(",", i2 + 1)
+    k = payload.rfind(",")
+    if 0 < i1 < i2 < i3 < k:
+        known_tpl = _FAST.get((payload[:i1], payload[i3 + 1 : k]))
+        if known_tpl is not None:
+            stmt_id, substmt_id = payload[i1 + 1 : i2], payload[i2 + 1 : i3]
+            raw = payload[k + 1 :]
+            if stmt_id.isdigit() and substmt_id.isdigit() and '"' not in raw:
+                params, logged = decode_parameters(raw)
+                return _build(
+                    known_tpl, stmt_id, substmt_id, params, logged, time, store, user,
+                    database, application, client, session, position, record_tags,
+                )  # fmt: skip
     fields = _audit_fields(payload)
+    plain = fields is not None
     if fields is None:
         fields, complete = split_csv(payload)
-        if not complete and "truncated" not in info.tags:
+        if not complete and "truncated" not in record_tags:
             raise ParseFailure("bad_audit_csv", payload[:120])
-    if len(fields) < 7 or fields[0] not in ("SESSION", "OBJECT") or not fields[1].isdigit():
+    n = len(fields)
+    if n < 7 or fields[0] not in ("SESSION", "OBJECT") or not fields[1].isdigit():
         raise ParseFailure("bad_audit_csv", payload[:120])
     audit_type, stmt_id, substmt_id, cls, command, object_type, object_name = fields[:7]
-    statement = fields[7] if len(fields) > 7 else ""
-    params, logged = decode_parameters(fields[8]) if len(fields) > 8 else ((), True)
-    action, extra = _audit_plan(cls, command, statement)
-    tags = (
-        "audit_type:" + audit_type,
-        "stmt:" + stmt_id,
-        "substmt:" + substmt_id,
-        "class:" + cls,
-        *extra,
-    )
-    if object_type:
-        tags += ("object_type:" + object_type,)
-    if not logged:
-        tags += ("parameters_not_logged",)
-    return info.event(
-        info.user,
+    statement = fields[7] if n > 7 else ""
+    params, logged = decode_parameters(fields[8]) if n > 8 else ((), True)
+    tpl = _template(audit_type, cls, command, object_type, object_name, statement)
+    if (
+        plain
+        and k > i3 > 0
+        and n == 9
+        and payload[k + 1 :] == fields[8]
+        and payload[:i1] == audit_type
+        and payload[i1 + 1 : i2] == stmt_id
+        and payload[i2 + 1 : i3] == substmt_id
+    ):
+        # The statement ended at the last comma and the fields before it were cut where the
+        # fast path cuts them: the part in between stands for this template from now on.
+        if len(_FAST) >= _TEMPLATE_LIMIT:
+            _FAST.clear()
+        _FAST[(audit_type, payload[i3 + 1 : k])] = tpl
+    return _build(
+        tpl, stmt_id, substmt_id, params, logged, time, store, user, database, application,
+        client, session, position, record_tags,
+    )  # fmt: skip
+
+
+def _build(
+    tpl: _Template,
+    stmt_id: str,
+    substmt_id: str,
+    params: tuple[str, ...],
+    logged: bool,
+    time: datetime,
+    store: str,
+    user: str | None,
+    database: str | None,
+    application: str | None,
+    client: str | None,
+    session: str | None,
+    position: SourcePosition,
+    record_tags: tuple[str, ...],
+) -> AccessEvent:
+    action, objects, command_or_none, statement_or_none, base_tags = tpl
+    tag_key = (base_tags, stmt_id, substmt_id, logged, record_tags)
+    tags = _TAGS.get(tag_key)
+    if tags is None:
+        tags = frozenset(
+            (
+                *record_tags,
+                *base_tags,
+                "stmt:" + stmt_id,
+                "substmt:" + substmt_id,
+                *(() if logged else ("parameters_not_logged",)),
+            )
+        )
+        if len(_TAGS) >= _TEMPLATE_LIMIT:
+            _TAGS.clear()
+        _TAGS[tag_key] = tags
+    return AccessEvent(
+        time,
+        store,
+        user or "",
         action,
-        (object_name,) if object_name else (),
-        command or None,
-        statement or None,
+        position,
+        objects,
+        (),
+        (),
+        None,
+        client,
+        application,
+        database,
+        session,
+        command_or_none,
+        statement_or_none,
         params,
+        False,
         None,
         tags,
+    )
+
+
+def audit_event(info: PgRecordInfo, payload: str) -> AccessEvent:
+    return audit_payload_event(
+        payload,
+        info.time,
+        info.store,
+        info.user,
+        info.database,
+        info.application,
+        info.client,
+        info.session,
+        info.position,
+        info.tags,
     )
 
 

@@ -8,7 +8,9 @@ in :mod:`breachwatch.parsers.pg_events`, shared with the csvlog and jsonlog form
 
 from __future__ import annotations
 
+import gc
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from breachwatch.errors import ParseFailure
@@ -17,25 +19,113 @@ from breachwatch.parsers.base import Line, ParseResult, Record
 from breachwatch.parsers.pg_events import (
     PgRecordInfo,
     TimeCache,
+    audit_payload_event,
     decode_parameters,
     known,
     record_events,
     split_csv,
 )
-from breachwatch.parsers.pg_prefix import PrefixPattern, compile_prefix, load_zone
+from breachwatch.parsers.pg_prefix import _TIMESTAMP, PrefixPattern, compile_prefix, load_zone
 
 __all__ = ["PgStderrFramer", "PgauditStderrFormat", "decode_parameters", "split_csv"]
 
 _ATTACHED = frozenset({"STATEMENT", "DETAIL", "HINT", "CONTEXT", "QUERY", "LOCATION"})
+_TIME_RE = re.compile(_TIMESTAMP)
+_HEAD_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What the prefix of a line says apart from its time: a server writes a few hundred
+    distinct ones (one per backend and severity), so they are worked out once and shared."""
+
+    severity: str
+    key: str | None  # session id, else pid: relates a backend's lines
+    groups: dict[str, str]  # the prefix regex's groups other than time and message
+    user: str | None
+    database: str | None
+    application: str | None
+    client: str | None
+    session: str | None
+    tags: tuple[str, ...]  # pid:<n> when the prefix has both %c and %p
+
+
+# One prefixed line: (head, time text, message)
+_Prefixed = tuple[_Head, str, str]
+
+
+def _make_head(groups: dict[str, str], key_group: str | None, pid_tag: bool) -> _Head:
+    pid, session = groups.get("pid"), groups.get("session")
+    client = known(groups.get("host"))
+    if client and client.endswith(")") and "(" in client:  # %r is host(port)
+        client = client[: client.rindex("(")]
+    return _Head(
+        groups["severity"],
+        groups.get(key_group) if key_group else None,
+        groups,
+        known(groups.get("user")),
+        known(groups.get("db")),
+        known(groups.get("app")),
+        client,
+        session or pid,
+        (f"pid:{pid}",) if pid_tag and pid and session else (),
+    )
+
+
+class _PrefixSplitter:
+    """``text -> (head, time, message)`` or None when the line has no prefix.
+
+    The regex is the definition; it runs once per distinct line head. When the prefix starts
+    with ``%m`` or ``%t`` and a space, a line is cut at the end of its time stamp (the third
+    space) and at its first ``":  "``; the part in between (``" [pid] user@db app host LOG:  "``)
+    is looked up among the heads the regex has already matched. The regex decides that part
+    alone: every field before the severity stops at a space or a literal of the prefix, and
+    the message is ``.*``, so a line with the same time shape and the same head matches the
+    same way. The time is checked with the prefix's own time pattern.
+    """
+
+    def __init__(self, pattern: PrefixPattern) -> None:
+        self._match = pattern.regex.match
+        self._key_group = next((g for g in ("session", "pid") if g in pattern.groups), None)
+        self._pid_tag = {"pid", "session"} <= pattern.groups
+        self._fast = pattern.source.startswith(("%m ", "%t "))
+        self._time_ok = _TIME_RE.fullmatch
+        self._heads: dict[str, _Head] = {}
+
+    def __call__(self, text: str) -> _Prefixed | None:
+        if self._fast:
+            j = text.find(":  ")
+            if j > 0:
+                sp = text.find(" ", 11)  # the date is 10 characters and a space
+                sp = text.find(" ", sp + 1) if sp > 0 else -1
+                if 0 < sp < j:
+                    head = self._heads.get(text[sp : j + 3])
+                    if head is not None and self._time_ok(text, 0, sp) is not None:
+                        return head, text[:sp], text[j + 3 :]
+        m = self._match(text)
+        if m is None:
+            return None
+        groups = m.groupdict()
+        time, message = groups.pop("time"), groups.pop("message")
+        head = _make_head(groups, self._key_group, self._pid_tag)
+        if self._fast:
+            # Remember the head only when the regex cut the line where the lookup will.
+            start, end = m.end("time"), m.start("message")
+            sp = text.find(" ", 11)
+            if text.find(":  ") == end - 3 and sp > 0 and text.find(" ", sp + 1) == start:
+                if len(self._heads) >= _HEAD_LIMIT:
+                    self._heads.clear()  # new backends come and go: start afresh
+                self._heads[text[start:end]] = head
+        return head, time, message
 
 
 @fast_init
 @dataclass(frozen=True, slots=True)
 class _MatchedRecord(Record):
-    """A record with the prefix matches the framer already made (None for continuation
-    lines), so that parsing does not run the prefix regex a second time."""
+    """A record with the prefix splits the framer already made (None for continuation
+    lines), so that parsing does not split the prefix a second time."""
 
-    matches: tuple[re.Match[str] | None, ...] = ()
+    matches: tuple[_Prefixed | None, ...] = ()
 
 
 class PgStderrFramer:
@@ -43,11 +133,9 @@ class PgStderrFramer:
 
     def __init__(self, path: str, pattern: PrefixPattern) -> None:
         self._path = path
-        self._match = pattern.regex.match
-        # Lines of one backend relate by session id, else pid; without either, adjacency.
-        self._key_group = next((g for g in ("session", "pid") if g in pattern.groups), None)
+        self._split = _PrefixSplitter(pattern)
         self._held: list[Line] = []
-        self._matches: list[re.Match[str] | None] = []
+        self._matches: list[_Prefixed | None] = []
         self._held_key: str | None = None
 
     def push(self, line: Line) -> list[Record]:
@@ -58,13 +146,14 @@ class PgStderrFramer:
                 self._matches.append(None)
                 return []
             return [Record(self._path, (line,))]  # continuation of a record we never saw
-        m = self._match(text)
+        m = self._split(text)
         if m is None:
             out = self.flush()
             out.append(Record(self._path, (line,)))
             return out
-        key = m.group(self._key_group) if self._key_group else None
-        if self._held and m.group("severity") in _ATTACHED and key == self._held_key:
+        head = m[0]
+        key = head.key
+        if self._held and head.severity in _ATTACHED and key == self._held_key:
             self._held.append(line)
             self._matches.append(m)
             return []
@@ -72,6 +161,49 @@ class PgStderrFramer:
         self._held = [line]
         self._matches = [m]
         self._held_key = key
+        return out
+
+    def push_many(self, lines: Iterable[Line]) -> list[Record]:
+        """:meth:`push` for many lines at once: the records they completed, in order."""
+        if gc.isenabled():  # no cycles are made here; see Pipeline.process
+            gc.disable()
+            try:
+                return self._push_many(lines)
+            finally:
+                gc.enable()
+        return self._push_many(lines)
+
+    def _push_many(self, lines: Iterable[Line]) -> list[Record]:
+        out: list[Record] = []
+        path = self._path
+        split = self._split
+        held, matches, held_key = self._held, self._matches, self._held_key
+        for line in lines:
+            text = line.text
+            if text.startswith("\t"):
+                if held:
+                    held.append(line)
+                    matches.append(None)
+                else:
+                    out.append(Record(path, (line,)))
+                continue
+            m = split(text)
+            if m is None:
+                if held:
+                    out.append(_MatchedRecord(path, tuple(held), tuple(matches)))
+                    held, matches, held_key = [], [], None
+                out.append(Record(path, (line,)))
+                continue
+            head = m[0]
+            key = head.key
+            if held and head.severity in _ATTACHED and key == held_key:
+                held.append(line)
+                matches.append(m)
+                continue
+            if held:
+                out.append(_MatchedRecord(path, tuple(held), tuple(matches)))
+            held, matches, held_key = [line], [m], key
+        self._held, self._matches, self._held_key = held, matches, held_key
         return out
 
     def flush(self) -> list[Record]:
@@ -97,7 +229,7 @@ class PgauditStderrFormat:
         self.name = "pgaudit_stderr"
         self._pattern = compile_prefix(log_line_prefix)
         self._time = TimeCache(load_zone(timezone))
-        self._pid_tag = {"pid", "session"} <= self._pattern.groups
+        self._split = _PrefixSplitter(self._pattern)
 
     def new_framer(self, path: str) -> PgStderrFramer:
         return PgStderrFramer(path, self._pattern)
@@ -108,20 +240,20 @@ class PgauditStderrFormat:
         except ParseFailure as failure:
             return failure
 
-    def _segments(self, record: Record) -> list[tuple[re.Match[str], str]]:
-        """(prefix match, message with its continuation lines) per prefixed line."""
+    def _segments(self, record: Record) -> list[tuple[_Prefixed, str]]:
+        """(prefix split, message with its continuation lines) per prefixed line."""
         lines = record.lines
         if isinstance(record, _MatchedRecord) and len(record.matches) == len(lines):
             matches = record.matches
         else:
-            match = self._pattern.regex.match
-            matches = tuple(None if ln.text.startswith("\t") else match(ln.text) for ln in lines)
+            split = self._split
+            matches = tuple(None if ln.text.startswith("\t") else split(ln.text) for ln in lines)
         if len(lines) == 1 and matches[0] is not None:  # the usual case: one line
-            return [(matches[0], matches[0].group("message"))]
-        out: list[tuple[re.Match[str], list[str]]] = []
+            return [(matches[0], matches[0][2])]
+        out: list[tuple[_Prefixed, list[str]]] = []
         for line, m in zip(lines, matches, strict=True):
             if m is not None:
-                out.append((m, [m.group("message")]))
+                out.append((m, [m[2]]))
             elif out:
                 out[-1][1].append(line.text.removeprefix("\t"))
             else:
@@ -129,35 +261,55 @@ class PgauditStderrFormat:
         return [(m, "\n".join(parts)) for m, parts in out]
 
     def _parse(self, record: Record, store: str) -> list[AccessEvent]:
-        segments = self._segments(record)
-        head, message = segments[0]
-        extra = {m.group("severity"): text for m, text in segments[1:]} if segments[1:] else {}
-        g = head.groupdict()
-        pid, session = g.get("pid"), g.get("session")
-        tags: tuple[str, ...] = (f"pid:{pid}",) if self._pid_tag and pid and session else ()
         lines = record.lines
-        if len(lines) > 1 or lines[0].truncated or lines[0].decode_errors:
+        first = lines[0]
+        if len(lines) == 1 and not first.truncated and not first.decode_errors:
+            # The usual record: one clean line; an AUDIT line is built without detours.
+            m = record.matches[0] if isinstance(record, _MatchedRecord) else None
+            if m is not None:
+                head, time, message = m
+                if head.severity == "LOG" and message.startswith("AUDIT: "):
+                    return [
+                        audit_payload_event(
+                            message[7:],
+                            self._time(time),
+                            store,
+                            head.user,
+                            head.database,
+                            head.application,
+                            head.client,
+                            head.session,
+                            SourcePosition(
+                                record.path,
+                                first.offset,
+                                first.line_no,
+                                first.end_offset - first.offset,
+                            ),
+                            head.tags,
+                        )
+                    ]
+        segments = self._segments(record)
+        (head, time, _), message = segments[0]
+        extra = {m[0].severity: text for m, text in segments[1:]} if segments[1:] else {}
+        tags = head.tags
+        if len(lines) > 1 or first.truncated or first.decode_errors:
             if any(line.truncated for line in lines):
                 tags += ("truncated",)
             if any(line.decode_errors for line in lines):
                 tags += ("decode_errors",)
-        client = known(g.get("host"))
-        if client and client.endswith(")") and "(" in client:  # %r is host(port)
-            client = client[: client.rindex("(")]
-        first = lines[0]
         info = PgRecordInfo(
-            self._time(g["time"]),
+            self._time(time),
             store,
-            known(g.get("user")),
-            known(g.get("db")),
-            known(g.get("app")),
-            client,
-            session or pid,
+            head.user,
+            head.database,
+            head.application,
+            head.client,
+            head.session,
             SourcePosition(
                 record.path, first.offset, first.line_no, lines[-1].end_offset - first.offset
             ),
             tags,
         )
         return record_events(
-            info, g["severity"], message, extra.get("STATEMENT"), extra.get("DETAIL")
+            info, head.severity, message, extra.get("STATEMENT"), extra.get("DETAIL")
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 from breachwatch.events import AccessEvent, Action
 from breachwatch.sql.analyze import analyze
@@ -12,6 +11,7 @@ from breachwatch.sql.subjects import bind_parameters, is_unbounded, subject_refs
 # Denied, login and DDL events carry statements too, but they read no rows.
 _ROW_ACTIONS = frozenset({Action.READ, Action.EXPORT, Action.WRITE, Action.DELETE})
 _NO_REFS: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
+_PLAN_LIMIT = 8192
 
 _Plan = tuple[tuple[tuple[str, ...], tuple[int, ...]], bool, bool, tuple[str, ...]]
 
@@ -67,13 +67,27 @@ class SqlEnricher:
         self._subject_columns = dict(subject_columns)
         self._limit_bound = limit_bound
         self._identifying = {k: tuple(v) for k, v in (identifying_columns or {}).items()}
-        self._plan = lru_cache(maxsize=8192)(self._compute_plan)
+        # (statement, object) -> plan; a dict, not lru_cache: this is looked up once per
+        # event, and statement texts come from the log, so it is cleared when full.
+        self._plans: dict[tuple[str, str | None], _Plan] = {}
+
+    def _plan(self, statement: str, object_name: str | None) -> _Plan:
+        key = (statement, object_name)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._compute_plan(statement, object_name)
+            if len(self._plans) >= _PLAN_LIMIT:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     def _compute_plan(self, statement: str, object_name: str | None) -> _Plan:
         shape = analyze(statement)
         if object_name is None:
             return _NO_REFS, False, shape.is_export, shape.columns
         refs = subject_refs(shape, self._subject_columns, object_name)
+        if refs == _NO_REFS:
+            refs = _NO_REFS  # compared by identity below
         unbounded = is_unbounded(
             shape, self._subject_columns, object_name, self._limit_bound, self._identifying
         )
@@ -93,12 +107,25 @@ class SqlEnricher:
                 event, event.action, event.subjects, event.columns, event.unbounded, person
             )
         objects = event.objects
-        row_action = event.action in _ROW_ACTIONS
+        action = event.action
+        row_action = action in _ROW_ACTIONS
         if len(objects) <= 1:  # the usual case: pgaudit writes one line per relation
-            refs, obj_unbounded, export, columns = self._plan(
-                statement, objects[0] if objects else None
-            )
-            found = bind_parameters(refs, event.parameters) if refs != _NO_REFS else ()
+            key = (statement, objects[0] if objects else None)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(*key)
+            refs, obj_unbounded, export, columns = plan
+            if refs is _NO_REFS:
+                found: tuple[str, ...] = ()
+            elif not refs[0] and len(refs[1]) == 1:  # one parameter holds the subject
+                n, parameters = refs[1][0], event.parameters
+                raw = parameters[n - 1] if 1 <= n <= len(parameters) else ""
+                if raw[:1] == "{" and raw[-1:] == "}":
+                    found = bind_parameters(refs, parameters)
+                else:
+                    found = (raw,) if raw else ()
+            else:
+                found = bind_parameters(refs, event.parameters)
             unbounded = event.unbounded or (obj_unbounded and row_action)
         else:
             subjects: list[str] = []
@@ -115,5 +142,27 @@ class SqlEnricher:
             found = tuple(dict.fromkeys(found))
         if event.columns:
             columns = tuple(dict.fromkeys((*event.columns, *columns)))
-        action = Action.EXPORT if event.action is Action.READ and export else event.action
-        return rebuild(event, action, found, columns, unbounded, person)
+        if export and action is Action.READ:
+            action = Action.EXPORT
+        e = event
+        return AccessEvent(
+            e.time,
+            e.store,
+            e.actor,
+            action,
+            e.position,
+            objects,
+            found,
+            columns,
+            person,
+            e.client,
+            e.application,
+            e.database,
+            e.session,
+            e.command,
+            statement,
+            e.parameters,
+            unbounded,
+            e.detail,
+            e.tags,
+        )

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from breachwatch.errors import ConfigError
-from breachwatch.store.schema import SCHEMA_VERSION, Base, Meta
+from breachwatch.store import migrate
+from breachwatch.store.schema import Meta
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,19 +43,11 @@ class Database:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        with self.transaction() as session:
-            row = session.get(Meta, "schema_version")
-            if row is None:
-                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise ConfigError(
-                    self.url,
-                    "schema_version",
-                    f"a store of schema {SCHEMA_VERSION} or older (found {row.value}: "
-                    "written by a newer breachwatch)",
-                )
+    def create_schema(self) -> list[str]:
+        """Migrate the store to the newest schema (`alembic upgrade head`, in one transaction):
+        an empty store is built, an older one upgraded, a newer one refused (ConfigError).
+        Returns the revisions applied."""
+        return migrate.upgrade(self.engine, self.url)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

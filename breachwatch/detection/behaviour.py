@@ -1,0 +1,413 @@
+"""Behaviour detectors: what this actor has never done before.
+
+Per actor (the staff person, else the account) a small profile is kept: when it was first
+seen, how many events it has, a 24-bucket histogram of local hours (Europe/Brussels by
+default; halved when large, so it decays), and the most recently used objects, stores,
+client addresses and applications (each at most ``max_known``, least recently used dropped).
+Until the profile is ``learning`` old AND has ``learning_events`` events, it only learns.
+
+- ``behaviour.first_access``: first access to a store, or to a personal-data object (named as
+  the data map names it, so ``/panel/clients/1234`` and ``/panel/clients/99`` are one object).
+- ``behaviour.unusual_hour``: access or login at a local hour in which (with its neighbours)
+  the actor has at most ``min_hour_share`` of their events (0: never).
+- ``behaviour.new_client``: a client address the actor never used; ``behaviour.new_application``:
+  an application never used (versions and editor tabs are cut: "DBeaver 24.1.0 - SQLEditor
+  <Script-3.sql>" is "DBeaver").
+- ``behaviour.denied_burst``: ``count`` refused statements of one actor within ``window``.
+- ``auth.brute_force``: failed logins from ONE address against ``names`` distinct account
+  names, or ``attempts`` failures, within ``window``. A single typo stays ``auth.failed_login``.
+
+Every finding goes through the suppression layer with a cause key, so a night session of fifty
+statements is one ``unusual_hour`` finding with a count, not fifty.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from breachwatch.detection.anomaly_policy import BehaviourPolicy
+from breachwatch.detection.baseline import LocalWindows
+from breachwatch.detection.findings import Finding, Severity
+from breachwatch.detection.need_to_know import (
+    ACCESS_ACTIONS,
+    PolicyView,
+    describe_actor,
+    person_of,
+)
+from breachwatch.detection.rules import RULES
+from breachwatch.detection.suppression import Suppressor
+from breachwatch.events import AccessEvent, Action, SourcePosition
+
+HOUR_ACTIONS = ACCESS_ACTIONS | {Action.LOGIN}
+_HOUR_CAP = 10_000.0  # histogram total above which every bucket is halved (decay)
+_VERSION = re.compile(r"^v?\d[\w.\-]*$")
+_UNKNOWN_APPS = frozenset({"", "[unknown]", "unknown", "-"})
+
+
+def app_family(application: str | None) -> str | None:
+    """The application without version numbers and per-window suffixes."""
+    if application is None:
+        return None
+    name = application.split(" - ", 1)[0].strip()
+    name = name.split("/", 1)[0].strip()
+    words = [w for w in name.split() if not _VERSION.match(w)]
+    family = " ".join(words) or name
+    return None if family.lower() in _UNKNOWN_APPS else family
+
+
+@dataclass(slots=True)
+class _Profile:
+    first_seen: datetime
+    events: int = 0
+    days: int = 0  # distinct local days with activity
+    last_day: int = -1
+    hours: list[float] = field(default_factory=lambda: [0.0] * 24)
+    objects: dict[str, None] = field(default_factory=dict)
+    clients: dict[str, None] = field(default_factory=dict)
+    apps: dict[str, None] = field(default_factory=dict)
+    denied: deque[tuple[datetime, SourcePosition]] = field(default_factory=deque)
+
+
+class _ProfileState(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    actor: str
+    first_seen: AwareDatetime
+    events: int
+    days: int = 0
+    last_day: int = -1
+    hours: list[float]
+    objects: list[str]
+    clients: list[str]
+    apps: list[str]
+
+
+class _Attempt(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    time: AwareDatetime
+    name: str
+    path: str
+    offset: int
+    line: int
+    length: int
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Literal[1]
+    profiles: list[_ProfileState]
+    failures: dict[str, list[_Attempt]]
+
+
+def _remember(known: dict[str, None], value: str, cap: int) -> bool:
+    """Mark as recently used; True when it was not known."""
+    new = value not in known
+    if not new:
+        del known[value]
+    known[value] = None
+    if len(known) > cap:
+        del known[next(iter(known))]
+    return new
+
+
+class BehaviourDetector:
+    def __init__(
+        self, view: PolicyView, config: BehaviourPolicy, suppressor: Suppressor | None = None
+    ) -> None:
+        self._view = view
+        self.config = config
+        self._suppressor = suppressor or Suppressor(timedelta(hours=1))
+        self._local = LocalWindows(config.timezone, timedelta(days=1))
+        self._exempt = frozenset(config.exempt_roles)
+        self._profiles: dict[str, _Profile] = {}
+        self._failures: dict[str, deque[tuple[datetime, str, SourcePosition]]] = {}
+
+    def learned(self, actor: str, now: datetime) -> bool:
+        profile = self._profiles.get(actor)
+        return profile is not None and self._learned(profile, now)
+
+    def _learned(self, profile: _Profile, now: datetime) -> bool:
+        return (
+            profile.events >= self.config.learning_events
+            and now - profile.first_seen >= self.config.learning
+        )
+
+    def __call__(self, event: AccessEvent) -> list[Finding]:
+        if not self.config.enabled:
+            return []
+        found: list[Finding] = []
+        if event.action is Action.LOGIN_FAILED:
+            found += self._brute_force(event)
+        if self._exempt and self._exempt & self._view.roles_of(event.actor):
+            return found
+        person = person_of(self._view, event)
+        key = person or event.actor
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = _Profile(first_seen=event.time)
+            if len(self._profiles) > self.config.max_actors:
+                del self._profiles[next(iter(self._profiles))]
+        learned = self._learned(profile, event.time)
+        config = self.config
+        if event.action is Action.DENIED:
+            found += self._denied(event, person, profile)
+        if event.action in HOUR_ACTIONS:
+            local = self._local.local_seconds(event.time)
+            hour = (local // 3600) % 24
+            day = local // 86400
+            if learned and config.unusual_hours and profile.days >= config.hour_learning_days:
+                found += self._hour(event, person, profile, hour, day)
+            if day > profile.last_day:
+                profile.days += 1
+                profile.last_day = day
+            hours = profile.hours
+            hours[hour] += 1.0
+            if hours[hour] > _HOUR_CAP:
+                profile.hours = [h / 2 for h in hours]
+        if event.action in ACCESS_ACTIONS or event.action is Action.LOGIN:
+            found += self._novelty(event, person, profile, learned)
+        profile.events += 1
+        return found
+
+    # ---- the checks -------------------------------------------------------------------
+    def _emit(
+        self,
+        rule: str,
+        event: AccessEvent,
+        person: str | None,
+        text: str,
+        cause: str,
+        *,
+        objects: tuple[str, ...] = (),
+        evidence: tuple[SourcePosition, ...] = (),
+        window: timedelta | None = None,
+        actor: str | None = None,
+        severity: Severity | None = None,
+    ) -> list[Finding]:
+        result = Finding(
+            rule=rule,
+            severity=severity or self._view.severity_of(rule),
+            time=event.time,
+            actor=actor or event.actor,
+            store=event.store,
+            explanation=text,
+            controls=RULES[rule].controls,
+            evidence=evidence or (event.position,),
+            person=person,
+            objects=objects,
+            subjects=event.subjects,
+            categories=self._view.categories_of(event.store, objects) if objects else (),
+        )
+        admitted = self._suppressor.admit(result, cause, window=window)
+        return [admitted] if admitted is not None else []
+
+    def _hour(
+        self, event: AccessEvent, person: str | None, profile: _Profile, hour: int, day: int
+    ) -> list[Finding]:
+        hours = profile.hours
+        near = hours[(hour - 1) % 24] + hours[hour] + hours[(hour + 1) % 24]
+        total = sum(hours)
+        if total <= 0 or near > self.config.min_hour_share * total:
+            return []
+        usual = [h for h in range(24) if hours[h] > 0]
+        span = ", ".join(f"{h:02d}h" for h in usual[:12]) + ("…" if len(usual) > 12 else "")
+        share = 100.0 * near / total
+        text = (
+            f"{describe_actor(event, person)} was active at {hour:02d}:xx "
+            f"({self._local.zone.key}), an hour in which they have {share:.0f}% of their "
+            f"{profile.events:,} events (usual hours: {span})."
+        )
+        return self._emit(
+            "behaviour.unusual_hour",
+            event,
+            person,
+            text,
+            f"day:{day}:{hour}",
+            objects=tuple(o for o in event.objects if self._view.is_personal(event.store, o)),
+        )
+
+    def _novelty(
+        self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool
+    ) -> list[Finding]:
+        config = self.config
+        cap = config.max_known
+        found: list[Finding] = []
+        who = describe_actor(event, person)
+        if event.action is not Action.LOGIN:
+            new_store = _remember(profile.objects, f"store:{event.store}", cap)
+            if new_store and learned and config.first_access:
+                text = f"{who} accessed the store {event.store} for the first time."
+                found += self._emit(
+                    "behaviour.first_access", event, person, text, f"store:{event.store}"
+                )
+            for obj in event.objects:
+                entry = self._view.policy.data_entry(event.store, obj)
+                if entry is None:
+                    continue
+                name = entry.object
+                new = _remember(profile.objects, f"{event.store}|{name}", cap)
+                if new and learned and config.first_access:
+                    text = (
+                        f"{who} accessed {obj} ({', '.join(entry.categories)}) in "
+                        f"{event.store} for the first time after {profile.events:,} events "
+                        f"since {profile.first_seen:%Y-%m-%d}."
+                    )
+                    found += self._emit(
+                        "behaviour.first_access",
+                        event,
+                        person,
+                        text,
+                        f"object:{event.store}|{name}",
+                        objects=(obj,),
+                    )
+        if event.client:
+            known = list(profile.clients)
+            if _remember(profile.clients, event.client, cap) and learned and config.new_client:
+                text = (
+                    f"{who} connected from {event.client}, an address not seen for them "
+                    f"before (known: {', '.join(known[-5:]) or 'none'})."
+                )
+                found += self._emit(
+                    "behaviour.new_client", event, person, text, f"client:{event.client}"
+                )
+        family = app_family(event.application)
+        if family:
+            known = list(profile.apps)
+            if _remember(profile.apps, family, cap) and learned and config.new_client:
+                text = (
+                    f"{who} used the application {event.application!r}, not seen for them "
+                    f"before (known: {', '.join(known[-5:]) or 'none'})."
+                )
+                found += self._emit(
+                    "behaviour.new_application", event, person, text, f"app:{family}"
+                )
+        return found
+
+    def _denied(self, event: AccessEvent, person: str | None, profile: _Profile) -> list[Finding]:
+        burst = self.config.denied_burst
+        queue = profile.denied
+        queue.append((event.time, event.position))
+        horizon = event.time - burst.window
+        while queue and queue[0][0] <= horizon:
+            queue.popleft()
+        while len(queue) > burst.count:
+            queue.popleft()
+        if len(queue) < burst.count:
+            return []
+        first = queue[0][0]
+        seconds = (event.time - first).total_seconds()
+        text = (
+            f"{describe_actor(event, person)} was refused {len(queue)} times in "
+            f"{seconds:.0f} s (burst threshold {burst.count} within "
+            f"{int(burst.window.total_seconds() // 60)} min)."
+        )
+        return self._emit(
+            "behaviour.denied_burst",
+            event,
+            person,
+            text,
+            "denied",
+            objects=event.objects,
+            evidence=(event.position, *(p for _, p in queue if p != event.position)),
+            window=burst.window,
+        )
+
+    def _brute_force(self, event: AccessEvent) -> list[Finding]:
+        config = self.config.brute_force
+        address = event.client or "unknown address"
+        queue = self._failures.get(address)
+        if queue is None:
+            queue = self._failures[address] = deque()
+            if len(self._failures) > self.config.max_actors:
+                del self._failures[next(iter(self._failures))]
+        queue.append((event.time, event.actor, event.position))
+        horizon = event.time - config.window
+        while queue and queue[0][0] <= horizon:
+            queue.popleft()
+        while len(queue) > 4 * config.attempts:
+            queue.popleft()
+        names = list(dict.fromkeys(name for _, name, _ in queue))
+        if len(names) < config.names and len(queue) < config.attempts:
+            return []
+        seconds = (event.time - queue[0][0]).total_seconds()
+        text = (
+            f"{len(queue)} failed logins from {address} against {len(names)} account names "
+            f"({', '.join(names[:8])}) within {seconds:.0f} s: password guessing, not a typo "
+            f"(threshold {config.names} names or {config.attempts} attempts within "
+            f"{int(config.window.total_seconds() // 60)} min)."
+        )
+        return self._emit(
+            "auth.brute_force",
+            event,
+            None,
+            text,
+            f"address:{address}",
+            evidence=(event.position, *(p for _, _, p in queue if p != event.position)),
+            window=config.window,
+            actor=f"address:{address}",
+        )
+
+    # ---- persistence ------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        profiles = [
+            _ProfileState(
+                actor=key,
+                first_seen=p.first_seen,
+                events=p.events,
+                days=p.days,
+                last_day=p.last_day,
+                hours=list(p.hours),
+                objects=list(p.objects),
+                clients=list(p.clients),
+                apps=list(p.apps),
+            )
+            for key, p in self._profiles.items()
+        ]
+        failures = {
+            address: [
+                _Attempt(
+                    time=t,
+                    name=name,
+                    path=pos.path,
+                    offset=pos.offset,
+                    line=pos.line,
+                    length=pos.length,
+                )
+                for t, name, pos in queue
+            ]
+            for address, queue in self._failures.items()
+            if queue
+        }
+        return _State(version=1, profiles=profiles, failures=failures).model_dump(mode="json")
+
+    def restore(self, data: Any) -> None:
+        saved = _State.model_validate(data)
+        cap = self.config.max_known
+        profiles: dict[str, _Profile] = {}
+        for p in saved.profiles[-self.config.max_actors :]:
+            if len(p.hours) != 24:
+                raise ValueError("an hour histogram has 24 buckets")
+            profiles[p.actor] = _Profile(
+                first_seen=p.first_seen,
+                events=p.events,
+                days=p.days,
+                last_day=p.last_day,
+                hours=list(p.hours),
+                objects=dict.fromkeys(p.objects[-cap:]),
+                clients=dict.fromkeys(p.clients[-cap:]),
+                apps=dict.fromkeys(p.apps[-cap:]),
+            )
+        failures = {
+            address: deque(
+                (a.time, a.name, SourcePosition(a.path, a.offset, a.line, a.length))
+                for a in attempts
+            )
+            for address, attempts in saved.failures.items()
+        }
+        self._profiles = profiles
+        self._failures = failures

@@ -1,0 +1,92 @@
+"""Small value types shared by the policy sections (durations, times of day, data sources)."""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+_DURATION = re.compile(r"(\d+)\s*([smhdy])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+
+
+def parse_duration(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        amount, unit = match.groups()
+        if int(amount) > 0:
+            return timedelta(seconds=int(amount) * _UNITS[unit])
+    raise ValueError('a positive duration such as "90s", "10m", "2h", "1d" or "2y" (365 days)')
+
+
+def render_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"an IANA time zone such as Europe/Brussels (got {value!r})") from exc
+    return value
+
+
+def _time_of_day(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value.strip()):
+        hours, minutes = (int(p) for p in value.strip().split(":"))
+        if hours == 24 and minutes == 0:
+            return time.max
+        if hours < 24 and minutes < 60:
+            return time(hours, minutes)
+    if isinstance(value, time):
+        return value
+    raise ValueError('a time of day such as "08:00" or "24:00"')
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(render_duration, return_type=str)
+]
+TimeOfDay = Annotated[
+    time,
+    BeforeValidator(_time_of_day),
+    PlainSerializer(lambda t: "24:00" if t == time.max else t.strftime("%H:%M"), return_type=str),
+]
+ZoneName = Annotated[str, AfterValidator(_zone)]
+Name = Annotated[str, Field(min_length=1)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Model):
+    """Where a reference table comes from: a CSV/JSON ``file`` (watched for changes; relative
+    to the policy file) or an HTTP ``url`` polled every ``poll``."""
+
+    file: Path | None = None
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    poll: Duration = timedelta(minutes=5)
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Source:
+        if (self.file is None) == (self.url is None):
+            raise ValueError("give exactly one of file or url")
+        return self

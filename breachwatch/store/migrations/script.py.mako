@@ -1,0 +1,37 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+${imports if imports else ""}
+
+revision: str = ${repr(up_revision)}
+down_revision: str | None = ${repr(down_revision)}
+branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
+depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+
+# When this revision changes the schema, bump SCHEMA_VERSION in breachwatch/store/schema.py and
+# write the same number here: an older breachwatch then refuses the upgraded store.
+SCHEMA_VERSION: int | None = None
+
+
+def upgrade() -> None:
+    ${upgrades if upgrades else "pass"}
+    if SCHEMA_VERSION is not None:
+        op.execute(
+            sa.text("UPDATE meta SET value = :v WHERE key = 'schema_version'").bindparams(
+                v=str(SCHEMA_VERSION)
+            )
+        )
+
+
+def downgrade() -> None:
+    ${downgrades if downgrades else "pass"}

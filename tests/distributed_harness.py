@@ -1,0 +1,297 @@
+"""Real NATS (a private nats-server per test), a scratch PostgreSQL database, and the
+breachwatch processes of the scaled-out mode, for tests/test_distributed*.py and the
+benchmark."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, select, text
+
+from tests.daemon_harness import free_port, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("BREACHWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+SAMPLE = REPO.parent / "shared" / "samples" / "pgaudit_workload_dayshift" / "postgresql.log"
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def missing_services() -> str | None:
+    if shutil.which("nats-server") is None:
+        return "nats-server not installed"
+    if not port_open(5432):
+        return "PostgreSQL not reachable on 127.0.0.1:5432"
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return "nats-py not installed"
+    return None
+
+
+class NatsServer:
+    """`nats-server -js` on a free port with its own store directory; stop/start keep it."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store.mkdir(parents=True, exist_ok=True)
+        with (self.store.parent / "nats.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "nats-server",
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-sd",
+                    str(self.store),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 15
+        while not port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nats-server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    name = f"bw_dist_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{PG_ADMIN}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def distributed_config(
+    tmp: Path,
+    *,
+    database_url: str,
+    nats_url: str,
+    partitions: int = 8,
+    lease_ttl: str = "5s",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = write_config(
+        tmp,
+        smtp_port=None,
+        hold="0s",
+        extra={
+            "database_url": database_url,
+            "mode": "jetstream",
+            "metrics": {"enabled": False},
+            "stream": {
+                "url": nats_url,
+                "partitions": partitions,
+                "lease_ttl": lease_ttl,
+                "name": "BWTEST",
+            },
+            **(extra or {}),
+        },
+    )
+    return path
+
+
+def local_config(tmp: Path, log_path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """A single daemon (SQLite, local mode) on the same log file: the reference."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = write_config(
+        tmp, smtp_port=None, hold="0s", extra={"metrics": {"enabled": False}, **(extra or {})}
+    )
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    config["sources"][0]["path"] = str(log_path)
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+class Proc:
+    """A breachwatch subprocess (`run` or `ship`) with its stderr in a file."""
+
+    def __init__(self, config: Path, command: str, log: Path) -> None:
+        self.config, self.command, self.log = config, command, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "breachwatch.cli",
+                    self.command,
+                    "--config",
+                    str(self.config),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def append_gradually(source: Path, target: Path, chunks: int) -> Iterator[int]:
+    """Append ``source`` to ``target`` in ``chunks`` pieces at line boundaries; yields the
+    index of each piece after it is written (the caller sleeps, kills, restarts...)."""
+    lines = source.read_bytes().splitlines(keepends=True)
+    size = max(1, len(lines) // chunks)
+    for i in range(chunks):
+        part = lines[i * size : (i + 1) * size if i < chunks - 1 else len(lines)]
+        with target.open("ab") as f:
+            f.write(b"".join(part))
+        yield i
+
+
+def outcome(database_url: str) -> dict[str, Any]:
+    """What must be equal between a single daemon and the scaled-out run."""
+    from breachwatch.store.schema import (
+        FindingRow,
+        Incident,
+        IncidentSubject,
+        Obligation,
+        OutboxMessage,
+    )
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            findings = sorted(conn.scalars(select(FindingRow.key)))
+            incidents = {}
+            for inc in conn.execute(select(Incident)).mappings():
+                subjects = sorted(
+                    conn.scalars(
+                        select(IncidentSubject.subject).where(
+                            IncidentSubject.incident_id == inc["id"]
+                        )
+                    )
+                )
+                keys = sorted(
+                    conn.scalars(select(FindingRow.key).where(FindingRow.incident_id == inc["id"]))
+                )
+                incidents[inc["correlation_key"]] = (
+                    inc["actor"],
+                    inc["severity"],
+                    inc["state"],
+                    tuple(subjects),
+                    tuple(keys),
+                )
+            notices = sorted(
+                (str(corr), str(regime), str(recipient), str(state))
+                for corr, regime, recipient, state in conn.execute(
+                    select(
+                        Incident.correlation_key,
+                        Obligation.regime,
+                        OutboxMessage.recipient_id,
+                        OutboxMessage.state,
+                    )
+                    .join(Obligation, Obligation.id == OutboxMessage.obligation_id)
+                    .join(Incident, Incident.id == Obligation.incident_id)
+                )
+            )
+    finally:
+        engine.dispose()
+    return {"findings": findings, "incidents": incidents, "notices": notices}
+
+
+def wait_until(check: Any, timeout: float, interval: float = 0.5, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or check}: last {last!r}")
+
+
+def settled(database_url: str, want: dict[str, Any], stable_for: float = 2.0) -> Any:
+    """A check for wait_until: the outcome equals ``want`` and stayed so for a while."""
+    state: dict[str, Any] = {"since": None}
+
+    def check() -> bool:
+        got = outcome(database_url)
+        if got != want:
+            state["since"] = None
+            return False
+        state["since"] = state["since"] or time.monotonic()
+        return time.monotonic() - state["since"] >= stable_for
+
+    return check
+
+
+def mail_files(state_dir: Path) -> list[Path]:
+    folder = state_dir / "mail"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.parent.name in {"new", "cur"})
