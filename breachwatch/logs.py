@@ -120,6 +120,8 @@ def configure_logging(
     root.setLevel(max(min_level, logging.INFO))  # third-party debug chatter stays out
     # APScheduler logs every job run at INFO; the deadline tick runs every few seconds.
     logging.getLogger("apscheduler").setLevel(max(min_level, logging.WARNING))
+    # Alembic narrates every migration context at INFO on each start.
+    logging.getLogger("alembic").setLevel(max(min_level, logging.WARNING))
 
 
 def pseudonymise(value: str, key: bytes) -> str:
