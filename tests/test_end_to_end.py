@@ -87,7 +87,7 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
     try:
         _append(log, BENIGN + "this is no log line\n" + VIOLATION)
         incidents = wait_for(
-            lambda: cli_json(config, "incidents", "list"), 15, "an incident", daemon
+            lambda: cli_json(config, "incidents", "list"), 60, "an incident", daemon
         )
         assert len(incidents) == 1
         quarantined = cli_json(config, "quarantine")
@@ -102,7 +102,7 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
 
         mail = wait_for(
             lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"),
-            20,
+            60,
             "the breach e-mail",
             daemon,
         )
@@ -115,7 +115,7 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
         assert "violation de données" in text.lower()
         assert incidents[0]["ref"] in text or incidents[0]["ref"] in str(message["Subject"])
 
-        metrics = wait_for(lambda: _scrape(metrics_port), 5, "metrics")
+        metrics = wait_for(lambda: _scrape(metrics_port), 30, "metrics")
         assert (
             _metric(metrics, "breachwatch_open_incidents", state="suspected", severity="critical")
             == 1
@@ -130,10 +130,11 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
             )
             == 1
         )
-        assert "kevin" not in metrics and "1001" not in metrics  # no personal data in labels
+        labels = " ".join(re.findall(r"\{[^}]*\}", metrics))  # sample values may hold "1001"
+        assert "kevin" not in labels and "1001" not in labels  # no personal data in labels
         sent = wait_for(
             lambda: _metric(_scrape(metrics_port), "breachwatch_notices_total", outcome="sent"),
-            5,
+            30,
             "sent counter",
         )
         assert sent == 1
@@ -152,7 +153,7 @@ def test_kill_9_between_append_and_email_gives_one_incident_one_email(tmp_path: 
     daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
     _append(log, BENIGN + VIOLATION)
     # read the store directly: a CLI subprocess per poll is too slow on a loaded machine
-    wait_for(lambda: _incident_count(tmp_path) or None, 15, "an incident", daemon)
+    wait_for(lambda: _incident_count(tmp_path) or None, 60, "an incident", daemon)
     daemon.kill9()
     assert smtp.messages == []
 
@@ -160,7 +161,7 @@ def test_kill_9_between_append_and_email_gives_one_incident_one_email(tmp_path: 
     try:
         wait_for(
             lambda: _messages_to(smtp.messages, "amelie.dubois@example.org"),
-            20,
+            60,
             "the breach e-mail after restart",
             restarted,
         )
