@@ -34,10 +34,9 @@ anomaly detectors can import the policy without a cycle::
 
 from __future__ import annotations
 
-import re
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -49,27 +48,11 @@ from pydantic import (
     PlainSerializer,
 )
 
-_DURATION = re.compile(r"(\d+)\s*([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+from breachwatch.detection.policy_types import duration_parser, duration_renderer
 
-
-def _duration(value: Any) -> Any:
-    # Same syntax as policy.Duration; repeated here because policy.py imports this module.
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
-        amount, unit = match.groups()
-        if int(amount) > 0:
-            return timedelta(**{_UNITS[unit]: int(amount)})
-    raise ValueError('a positive duration such as "90s", "10m", "2h" or "1d"')
-
-
-def _render(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+# The policy's own duration syntax (policy_types has no import of policy.py, so no cycle).
+_duration = duration_parser("smhd")
+_render = duration_renderer("smhd")
 
 
 def _zone(value: str) -> str:

@@ -42,7 +42,6 @@ Lookup semantics:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -66,38 +65,20 @@ from breachwatch.detection.anomaly_policy import DetectionPolicy
 from breachwatch.detection.casework import Casework
 from breachwatch.detection.findings import Severity
 from breachwatch.detection.hours import Schedule
+from breachwatch.detection.policy_types import duration_parser, duration_renderer
 from breachwatch.detection.registry import Registry
 from breachwatch.detection.rules import RULES
 from breachwatch.detection.transfers import Transfers
 from breachwatch.events import Action
 from breachwatch.yamlconf import load_yaml_model
 
-_DURATION = re.compile(r"(\d+)\s*([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # Object names come from log records (nginx paths can embed ids), so the lookup caches
 # must not grow with the log; past this many keys the oldest are dropped.
 _CACHE_LIMIT = 4096
 
-
-def _parse_duration(value: Any) -> Any:
-    if isinstance(value, timedelta):
-        return value
-    # A bare number is refused: "10" could mean seconds or minutes, and guessing wrong
-    # silently changes what is detected.
-    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
-        amount, unit = match.groups()
-        if int(amount) > 0:
-            return timedelta(**{_UNITS[unit]: int(amount)})
-    raise ValueError('a positive duration such as "90s", "10m", "2h" or "1d"')
-
-
-def format_duration(value: timedelta) -> str:
-    """The shortest exact rendering in the policy syntax ("10m", "90s")."""
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+# Policy durations take no years ("y"): windows and suppression spans are short.
+_parse_duration = duration_parser("smhd")
+format_duration = duration_renderer("smhd")
 
 
 Duration = Annotated[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,26 +19,46 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"(\d+)\s*([smhdy])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+_UNIT_SECONDS = {"y": 365 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_EXAMPLES = {"s": '"90s"', "m": '"10m"', "h": '"2h"', "d": '"1d"', "y": '"2y" (365 days)'}
 
 
-def parse_duration(value: Any) -> Any:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
-        amount, unit = match.groups()
-        if int(amount) > 0:
-            return timedelta(seconds=int(amount) * _UNITS[unit])
-    raise ValueError('a positive duration such as "90s", "10m", "2h", "1d" or "2y" (365 days)')
+def duration_parser(units: str = "smhdy") -> Callable[[Any], Any]:
+    """A pydantic BeforeValidator for "<whole number><unit>", positive, units from ``units``.
+    A bare number is refused: "10" could mean seconds or minutes, and guessing wrong silently
+    changes what is detected."""
+    pattern = re.compile(rf"(\d+)\s*([{units}])")
+    examples = [_EXAMPLES[u] for u in units]
+    message = f"a positive duration such as {', '.join(examples[:-1])} or {examples[-1]}"
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        if isinstance(value, str) and (match := pattern.fullmatch(value.strip())):
+            amount, unit = match.groups()
+            if int(amount) > 0:
+                return timedelta(seconds=int(amount) * _UNIT_SECONDS[unit])
+        raise ValueError(message)
+
+    return parse
 
 
-def render_duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+def duration_renderer(units: str = "smhdy") -> Callable[[timedelta], str]:
+    """The shortest exact rendering of a duration with the given units ("10m", "90s")."""
+    sizes = [(u, _UNIT_SECONDS[u]) for u in "ydhm" if u in units]
+
+    def render(value: timedelta) -> str:
+        seconds = int(value.total_seconds())
+        for unit, size in sizes:
+            if seconds % size == 0:
+                return f"{seconds // size}{unit}"
+        return f"{seconds}s"
+
+    return render
+
+
+parse_duration = duration_parser()
+render_duration = duration_renderer()
 
 
 def _zone(value: str) -> str:
