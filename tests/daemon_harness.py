@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -162,3 +163,46 @@ def wait_for(
         time.sleep(0.1)
     log = daemon.log_path.read_text()[-4000:] if daemon else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log}")
+
+
+def scrape(port: int) -> str:
+    """The daemon's metrics endpoint, as Prometheus reads it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of ``name`` whose labels include ``labels``."""
+    for line in text.splitlines():
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def append(path: Path, text: str) -> None:
+    """Append as a log writer does: one write, flushed."""
+    with path.open("a", encoding="utf-8") as log:
+        log.write(text)
+        log.flush()
+
+
+# A web-shop lookup (benign) and kevin, who left the company, reading customer 1001
+# (French-speaking in config/customers.csv): the breach every end-to-end test starts from.
+BENIGN = audit_read(
+    "2026-11-30 10:00:01.000 CET",
+    4100,
+    "svc_shop",
+    1,
+    "clients.accounts",
+    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'",
+)
+VIOLATION = audit_read(
+    "2026-11-30 10:00:02.000 CET",
+    4242,
+    "kevin_helpdesk",
+    1,
+    "clients.accounts",
+    "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;",
+)

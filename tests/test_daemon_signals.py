@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,24 +19,19 @@ import pytest
 
 from tests.daemon_harness import (
     REPO,
+    VIOLATION,
     DaemonProcess,
+    append,
     audit_read,
     cli_json,
     free_port,
+    metric_value,
+    scrape,
     wait_for,
     write_config,
 )
 
 pytestmark = pytest.mark.slow
-
-VIOLATION = audit_read(
-    "2026-11-30 10:00:02.000 CET",
-    4242,
-    "kevin_helpdesk",
-    1,
-    "clients.accounts",
-    "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;",
-)
 
 
 def tom_reads(customer: int, stmt_id: int) -> str:
@@ -143,25 +137,6 @@ class NotifiedDaemon(DaemonProcess):
 
     def log(self) -> str:
         return self.log_path.read_text()
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if not line.startswith((name + "{", name + " ")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def append(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as log:
-        log.write(text)
 
 
 @pytest.fixture

@@ -5,55 +5,26 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
 from tests.daemon_harness import (
+    BENIGN,
+    VIOLATION,
     DaemonProcess,
-    audit_read,
+    append,
     cli_json,
     free_port,
+    metric_value,
+    scrape,
     wait_for,
     write_config,
 )
 from tests.smtp_server import start_smtp_server
 
 pytestmark = pytest.mark.slow
-
-BENIGN = audit_read(
-    "2026-11-30 10:00:01.000 CET",
-    4100,
-    "svc_shop",
-    1,
-    "clients.accounts",
-    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'",
-)
-# kevin left the company; his account reading customer 1001 (French-speaking) is a breach
-VIOLATION = audit_read(
-    "2026-11-30 10:00:02.000 CET",
-    4242,
-    "kevin_helpdesk",
-    1,
-    "clients.accounts",
-    "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;",
-)
-
-
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
-def _metric(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def _incident_count(tmp_path: Path) -> int:
@@ -65,12 +36,6 @@ def _incident_count(tmp_path: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM incidents").fetchone()[0])
         except sqlite3.OperationalError:  # schema not created yet
             return 0
-
-
-def _append(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as log:
-        log.write(text)
-        log.flush()
 
 
 def _messages_to(server_messages: list[EmailMessage], address: str) -> list[EmailMessage]:
@@ -85,7 +50,7 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
     log.write_text("")
     daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
     try:
-        _append(log, BENIGN + "this is no log line\n" + VIOLATION)
+        append(log, BENIGN + "this is no log line\n" + VIOLATION)
         incidents = wait_for(
             lambda: cli_json(config, "incidents", "list"), 60, "an incident", daemon
         )
@@ -115,17 +80,19 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
         assert "violation de données" in text.lower()
         assert incidents[0]["ref"] in text or incidents[0]["ref"] in str(message["Subject"])
 
-        metrics = wait_for(lambda: _scrape(metrics_port), 30, "metrics")
+        metrics = wait_for(lambda: scrape(metrics_port), 30, "metrics")
         assert (
-            _metric(metrics, "breachwatch_open_incidents", state="suspected", severity="critical")
+            metric_value(
+                metrics, "breachwatch_open_incidents", state="suspected", severity="critical"
+            )
             == 1
         )
         assert (
-            _metric(metrics, "breachwatch_findings_total", rule="ntk.departed_account") or 0
+            metric_value(metrics, "breachwatch_findings_total", rule="ntk.departed_account") or 0
         ) >= 1
-        assert _metric(metrics, "breachwatch_events_total", source="pg-main") == 2
+        assert metric_value(metrics, "breachwatch_events_total", source="pg-main") == 2
         assert (
-            _metric(
+            metric_value(
                 metrics, "breachwatch_parse_errors_total", source="pg-main", reason="bad_prefix"
             )
             == 1
@@ -133,7 +100,7 @@ def test_pgaudit_line_to_customer_email(tmp_path: Path) -> None:
         labels = " ".join(re.findall(r"\{[^}]*\}", metrics))  # sample values may hold "1001"
         assert "kevin" not in labels and "1001" not in labels  # no personal data in labels
         sent = wait_for(
-            lambda: _metric(_scrape(metrics_port), "breachwatch_notices_total", outcome="sent"),
+            lambda: metric_value(scrape(metrics_port), "breachwatch_notices_total", outcome="sent"),
             30,
             "sent counter",
         )
@@ -151,7 +118,7 @@ def test_kill_9_between_append_and_email_gives_one_incident_one_email(tmp_path: 
     log = tmp_path / "logs" / "postgresql.log"
     log.write_text("")
     daemon = DaemonProcess(config, tmp_path / "daemon.out").start()
-    _append(log, BENIGN + VIOLATION)
+    append(log, BENIGN + VIOLATION)
     # read the store directly: a CLI subprocess per poll is too slow on a loaded machine
     wait_for(lambda: _incident_count(tmp_path) or None, 60, "an incident", daemon)
     daemon.kill9()

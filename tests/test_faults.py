@@ -18,33 +18,20 @@ from aiosmtpd.controller import Controller
 
 from tests.conftest import skip_or_fail
 from tests.daemon_harness import (
+    BENIGN,
+    VIOLATION,
     DaemonProcess,
-    audit_read,
+    append,
     cli_json,
     free_port,
+    metric_value,
+    scrape,
     wait_for,
     write_config,
 )
-from tests.test_daemon_signals import append, metric_value, scrape
 
 pytestmark = pytest.mark.slow
 
-BENIGN = audit_read(
-    "2026-11-30 10:00:01.000 CET",
-    4100,
-    "svc_shop",
-    1,
-    "clients.accounts",
-    "SELECT id, full_name FROM accounts WHERE email = 'x@example.org'",
-)
-VIOLATION = audit_read(
-    "2026-11-30 10:00:02.000 CET",
-    4242,
-    "kevin_helpdesk",
-    1,
-    "clients.accounts",
-    "SELECT full_name, email, phone FROM clients.accounts WHERE id = 1001;",
-)
 AMELIE = "amelie.dubois@example.org"
 
 

@@ -19,14 +19,16 @@ import yaml
 from tests.conftest import REPO, skip_or_fail
 from tests.daemon_harness import (
     DaemonProcess,
+    append,
     audit_read,
     cli_json,
     free_port,
+    metric_value,
     pg_line,
+    scrape,
     wait_for,
     write_config,
 )
-from tests.test_daemon_signals import append, metric_value, scrape
 
 pytestmark = pytest.mark.slow
 
