@@ -56,7 +56,11 @@ def seed_corpus(kind: str) -> Path:
     corpus = TMP / f"corpus-{kind}"
     corpus.mkdir(exist_ok=True)
     if kind == "config":
-        for path in (REPO / "config").glob("*.yml"):
+        # the shipped config and policy, and the example ones (another site's shape)
+        for path in [
+            *(REPO / "config").glob("*.yml"),
+            *(REPO / "config" / "examples").glob("*.yml"),
+        ]:
             (corpus / path.name).write_bytes(path.read_bytes())
         return corpus
     samples = REPO.parent / "shared" / "samples"

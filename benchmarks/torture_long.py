@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/torture_long.py [--lines 300000] [--kills 100] [--rotations 12]
         [--rate 3000] [--seed 1] [--max-gap 3]
+    BW_TORTURE_LINES=100000 BW_TORTURE_RATE=5000 .venv/bin/python benchmarks/torture_long.py
+
+The BW_TORTURE_* variables of tests/test_torture.py set the defaults here too (options win), so
+one command line works for both.
 
 Beyond the sample's 296,694 lines, lines are repeated with shifted pids and statement ids so
 every line stays distinct. Exits non-zero (with the differences) if the findings, incidents,
@@ -23,13 +27,16 @@ from tests.test_torture import TortureParams, run_torture  # noqa: E402
 
 
 def main() -> int:
+    base = TortureParams.from_env(
+        lines=300_000, kills=100, rotations=12, rate=3_000.0, seed=1, max_gap=3.0
+    )
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lines", type=int, default=300_000)
-    parser.add_argument("--kills", type=int, default=100)
-    parser.add_argument("--rotations", type=int, default=12)
-    parser.add_argument("--rate", type=float, default=3_000.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--max-gap", type=float, default=3.0)
+    parser.add_argument("--lines", type=int, default=base.lines)
+    parser.add_argument("--kills", type=int, default=base.kills)
+    parser.add_argument("--rotations", type=int, default=base.rotations)
+    parser.add_argument("--rate", type=float, default=base.rate)
+    parser.add_argument("--seed", type=int, default=base.seed)
+    parser.add_argument("--max-gap", type=float, default=base.max_gap)
     args = parser.parse_args()
     params = TortureParams(
         lines=args.lines,

@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
 
 def _scan_findings(args: argparse.Namespace, policy: Policy) -> list[Finding]:
     """The findings of every file under one policy (fresh detector state per file, as scan)."""
-    from breachwatch.commands import _Progress, _records, _source_for
+    from breachwatch.commands import _Progress, _record_batches, _source_for
     from breachwatch.parsers.registry import build_format
     from breachwatch.pipeline import Pipeline
 
@@ -65,8 +65,8 @@ def _scan_findings(args: argparse.Namespace, policy: Policy) -> list[Finding]:
         pipeline = Pipeline(policy)
         fmt = build_format(source.format, source.options)
         progress = _Progress(False, path.name, 0)
-        for record in _records(path, source, progress):
-            found += pipeline.process([record], fmt, source.name).findings
+        for records in _record_batches(path, source, progress):
+            found += pipeline.process(records, fmt, source.name).findings
     return found
 
 

@@ -12,18 +12,37 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
+# from this many fields on, switching the class twice is cheaper than a setter call per field
+_SWITCH_FIELDS = 12
 
 
 def fast_init(cls: type[_T]) -> type[_T]:
     """Give a frozen, slotted dataclass a cheaper ``__init__`` with the same signature.
 
-    The generated one sets each field through ``object.__setattr__`` (a global lookup, an
-    attribute lookup and a descriptor search per field); this one calls each slot's own
-    setter, bound once. Events are built once per log line, so this halves their cost.
-    Fields with a default factory are not supported (use an immutable default instead).
+    The generated ``__init__`` sets each field through ``object.__setattr__`` (a call, an
+    attribute lookup and a descriptor search per field, because the frozen ``__setattr__``
+    refuses plain assignment); this one calls each slot's own setter, bound once. A class of
+    many fields (the event: built once per log line) goes further: for the time of its
+    construction the new instance becomes a twin subclass that only lifts the freeze
+    (``__slots__ = ()``, same layout, so CPython allows the ``__class__`` switch), takes the
+    fields as plain slot stores and is switched back, in about two thirds of the time. The
+    two switches cost as much as ten setter calls, hence the threshold. Nothing else holds
+    the instance before ``__init__`` returns, so nothing can see it unfrozen; an instance of
+    a subclass (another layout) gets the setters. Default factories are not supported (use
+    an immutable default instead).
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {}
+    building = type(
+        f"_{cls.__name__}Building",
+        (cls,),
+        {
+            "__slots__": (),
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+            "__module__": cls.__module__,
+        },
+    )
+    namespace: dict[str, Any] = {"_cls": cls, "_building": building, "_set": object.__setattr__}
     params: list[str] = []
     for f in fields(cls):  # type: ignore[arg-type]
         if f.default_factory is not MISSING:
@@ -35,7 +54,19 @@ def fast_init(cls: type[_T]) -> type[_T]:
             params.append(f"{f.name}=_d_{f.name}")
         slot = next(k.__dict__[f.name] for k in cls.__mro__ if f.name in k.__dict__)
         namespace[f"_s_{f.name}"] = slot.__set__
-    body = "".join(f"    _s_{n}(self, {n})\n" for n in names) or "    pass\n"
+    stores = "".join(f"        self.{n} = {n}\n" for n in names)
+    setters = "".join(f"        _s_{n}(self, {n})\n" for n in names)
+    if len(names) >= _SWITCH_FIELDS:
+        body = (
+            "    if type(self) is _cls:\n"
+            "        _set(self, '__class__', _building)\n"
+            f"{stores}"
+            "        _set(self, '__class__', _cls)\n"
+            "    else:\n"
+            f"{setters}"
+        )
+    else:
+        body = setters.replace("        ", "    ") or "    pass\n"
     exec(f"def __init__(self, {', '.join(params)}):\n{body}", namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

@@ -6,6 +6,7 @@ and detector state they produced, so `kill -9` at any moment neither loses nor r
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import groupby
@@ -17,7 +18,7 @@ from breachwatch.clock import Clock
 from breachwatch.config import SourceConfig
 from breachwatch.errors import ParseFailure
 from breachwatch.incidents.service import IncidentService, RecordResult
-from breachwatch.parsers.base import Framer, LogFormat, Record
+from breachwatch.parsers.base import Framer, LogFormat, Record, push_lines
 from breachwatch.parsers.registry import build_format
 from breachwatch.pipeline import BatchResult, Pipeline
 from breachwatch.sources.checkpoint import FileCheckpoint, FileIdentity
@@ -26,6 +27,10 @@ from breachwatch.store.database import Database
 from breachwatch.store.schema import Checkpoint, DetectorState, QuarantinedRecord
 
 QUARANTINE_TEXT_LIMIT = 4096
+# A quiet file's held record that does not parse is held this much longer before it is
+# emitted (and quarantined) anyway: long enough for a writer paused inside a multi-line record,
+# short enough that a truly broken last record is not kept back for long (see _flush_idle).
+UNPARSED_HOLD = timedelta(seconds=10)
 
 
 @dataclass
@@ -36,6 +41,17 @@ class _FileState:
     done_offset: int  # everything before this is handled once the batch commits
     done_line_no: int
     last_line_at: datetime
+
+
+@dataclass
+class FramedLines:
+    """What one read of a source framed: (file key, record) in reading order, and the files
+    whose position moved."""
+
+    records: list[tuple[str, Record]] = field(default_factory=list)
+    lines: int = 0
+    bytes: int = 0
+    touched: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -99,9 +115,35 @@ class SourceIngest:
     ) -> IngestReport | None:
         """Read what is new, process it and commit. None when there was nothing to do."""
         now = self._clock.now()
-        report = IngestReport(self.name)
-        records: list[tuple[str, Record]] = []  # (file key, record), in reading order
-        touched: set[str] = set()
+        framed = self.frame(max_lines, now)
+        finished = self.finished_files()
+        if not framed.touched and not finished:
+            return None
+        report = IngestReport(self.name, framed.lines, framed.bytes)
+        report.batch = process_files(
+            pipeline,
+            (
+                (key, self.format, self.name, [record for _, record in group])
+                for key, group in groupby(framed.records, key=lambda pair: pair[0])
+            ),
+        )
+        with self._db.transaction() as session:
+            report.recorded = incidents.record(session, report.batch.findings, now)
+            quarantine(session, ((self.name, r, f) for r, f in report.batch.failures), now)
+            self.save_positions(session, framed.touched, finished, now)
+            _save_detector_state(session, pipeline)
+        self.forget(finished)
+        if report.batch.newest_event and (
+            self.newest_event is None or report.batch.newest_event > self.newest_event
+        ):
+            self.newest_event = report.batch.newest_event
+        return report
+
+    def frame(self, max_lines: int, now: datetime) -> FramedLines:
+        """Read up to ``max_lines`` new lines and frame them into records, per file; a file
+        idle for ``flush_after`` gives up the record its framer holds (see UNPARSED_HOLD).
+        Shared by the daemon and the shipper of the scaled-out mode (distributed/shipper.py)."""
+        framed = FramedLines()
         unknown: list[str] = []  # files read from their start that no checkpoint names yet
         for chunk in self.tailer.read(max_lines):
             key = chunk.identity.key
@@ -120,64 +162,65 @@ class SourceIngest:
                 )
                 self._files[key] = state
             state.identity, state.path = chunk.identity, chunk.path
-            for line in chunk.lines:
-                records.extend((key, r) for r in state.framer.push(line))
-                report.lines += 1
-                report.bytes += line.end_offset - line.offset
+            # one framer call per chunk (push_many), not one per line: this is the hot path
+            framed.records.extend((key, r) for r in push_lines(state.framer, chunk.lines))
+            framed.lines += len(chunk.lines)
+            framed.bytes += sum(line.end_offset - line.offset for line in chunk.lines)
             if chunk.lines:
                 state.done_offset = chunk.lines[-1].end_offset
                 state.done_line_no = chunk.lines[-1].line_no
                 state.last_line_at = now
-                touched.add(key)
+                framed.touched.add(key)
         for key, state in self._files.items():
-            idle = now - state.last_line_at >= self._flush_after
-            if idle and state.framer.pending_offset() is not None:
-                records.extend((key, r) for r in state.framer.flush())
-                touched.add(key)
+            idle = now - state.last_line_at
+            if idle >= self._flush_after and state.framer.pending_offset() is not None:
+                released = self._flush_idle(state, idle)
+                if released:
+                    framed.records.extend((key, r) for r in released)
+                    framed.touched.add(key)
         if unknown:
             self._checkpoint_start([self._files[k].identity for k in unknown], now)
-        finished = self._finished_files()
-        if not touched and not finished:
-            return None
-        report.batch = self._process(pipeline, records)
-        with self._db.transaction() as session:
-            report.recorded = incidents.record(session, report.batch.findings, now)
-            self._quarantine(session, report.batch.failures, now)
-            for key in touched:
+        return framed
+
+    def _flush_idle(self, state: _FileState, idle: timedelta) -> list[Record]:
+        """The held records of a quiet file, except a last one that does not parse yet: its
+        writer may have paused between the lines of a multi-line record (a statement with
+        newlines), and emitting the first line alone would quarantine it, and the rest after
+        it as a record of its own, losing the access. Such a record goes back to the framer
+        (which holds it again, so the checkpoint stays at its start) until more lines come or
+        the file has been quiet for UNPARSED_HOLD."""
+        records = state.framer.flush()
+        if (
+            records
+            and idle < UNPARSED_HOLD
+            and isinstance(self.format.parse(records[-1], self.name), ParseFailure)
+        ):
+            last = records.pop()
+            for line in last.lines:
+                records.extend(state.framer.push(line))
+        return records
+
+    def save_positions(
+        self, session: Session, touched: Iterable[str], finished: list[str], now: datetime
+    ) -> None:
+        """The checkpoints of a batch, written in the transaction of what the batch produced
+        (the daemon) or after JetStream acknowledged it (the shipper)."""
+        for key in touched:
+            if key in self._files:
                 self._committed[key] = self._save_checkpoint(session, self._files[key], now)
-            for key in finished:
-                # drained rotated file: its checkpoint would only look "missing" at restart
-                row = session.get(Checkpoint, (self.name, key))
-                if row is not None:
-                    session.delete(row)
-            _save_detector_state(session, pipeline)
+        for key in finished:
+            # drained rotated file: its checkpoint would only look "missing" at restart
+            row = session.get(Checkpoint, (self.name, key))
+            if row is not None:
+                session.delete(row)
+
+    def forget(self, finished: list[str]) -> None:
+        """After the commit: the drained rotated files are no longer followed."""
         for key in finished:
             self._files.pop(key, None)
             self._committed.pop(key, None)
-        if report.batch.newest_event and (
-            self.newest_event is None or report.batch.newest_event > self.newest_event
-        ):
-            self.newest_event = report.batch.newest_event
-        return report
 
-    def _process(self, pipeline: Pipeline, records: list[tuple[str, Record]]) -> BatchResult:
-        """Run the pipeline file by file, so each finding's evidence names its file."""
-        total = BatchResult()
-        for key, group in groupby(records, key=lambda pair: pair[0]):
-            batch = pipeline.process([record for _, record in group], self.format, self.name)
-            total.events += batch.events
-            total.failures.extend(batch.failures)
-            total.findings.extend(
-                replace(f, evidence=tuple(replace(p, file_id=key) for p in f.evidence))
-                for f in batch.findings
-            )
-            if batch.newest_event and (
-                total.newest_event is None or batch.newest_event > total.newest_event
-            ):
-                total.newest_event = batch.newest_event
-        return total
-
-    def _finished_files(self) -> list[str]:
+    def finished_files(self) -> list[str]:
         tracked = {f.identity.key for f in self.tailer.tracked()}
         return [
             key
@@ -219,23 +262,6 @@ class SourceIngest:
         row.offset, row.line_no, row.updated_at = offset, line_no, now
         return offset
 
-    def _quarantine(
-        self, session: Session, failures: list[tuple[Record, ParseFailure]], now: datetime
-    ) -> None:
-        for record, failure in failures:
-            session.add(
-                QuarantinedRecord(
-                    source=self.name,
-                    path=record.path,
-                    offset=record.offset,
-                    line_no=record.line_no,
-                    reason=failure.reason,
-                    detail=failure.detail[:1000],
-                    text=record.text[:QUARANTINE_TEXT_LIMIT],
-                    at=now,
-                )
-            )
-
     def lag_bytes(self) -> int:
         """Bytes on disk not yet durably handled (size minus committed offset)."""
         return sum(
@@ -244,6 +270,49 @@ class SourceIngest:
 
     def close(self) -> None:
         self.tailer.close()
+
+
+def process_files(
+    pipeline: Pipeline, groups: Iterable[tuple[str, LogFormat, str, list[Record]]]
+) -> BatchResult:
+    """Run the pipeline file by file — ``groups`` of (file key, format, source, records) in
+    reading order — so each finding's evidence names its file by identity (device:inode):
+    the finding keys are then the same whichever process read the file (daemon or stream
+    worker)."""
+    total = BatchResult()
+    for key, fmt, source, records in groups:
+        batch = pipeline.process(records, fmt, source)
+        total.events += batch.events
+        total.failures.extend(batch.failures)
+        total.findings.extend(
+            replace(f, evidence=tuple(replace(p, file_id=key) for p in f.evidence))
+            for f in batch.findings
+        )
+        if batch.newest_event and (
+            total.newest_event is None or batch.newest_event > total.newest_event
+        ):
+            total.newest_event = batch.newest_event
+    return total
+
+
+def quarantine(
+    session: Session, failures: Iterable[tuple[str, Record, ParseFailure]], now: datetime
+) -> None:
+    """Records that did not parse, kept (bounded) for `breachwatch quarantine`; (source,
+    record, failure) each."""
+    for source, record, failure in failures:
+        session.add(
+            QuarantinedRecord(
+                source=source,
+                path=record.path,
+                offset=record.offset,
+                line_no=record.line_no,
+                reason=failure.reason,
+                detail=failure.detail[:1000],
+                text=record.text[:QUARANTINE_TEXT_LIMIT],
+                at=now,
+            )
+        )
 
 
 def _save_detector_state(session: Session, pipeline: Pipeline) -> None:

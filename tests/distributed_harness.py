@@ -139,6 +139,12 @@ def distributed_config(
             **(extra or {}),
         },
     )
+    # The workers of one host share state_dir and its mail folder. MailFolderChannel creates
+    # the folder with a check-then-mkdir, so of two workers starting at the same instant one
+    # can fail with "a writable directory (File exists)" (notifications/mailfolder.py, reported
+    # to its owner); made here, as an install step would, so the tests start them together.
+    for sub in ("tmp", "new", "cur"):
+        (tmp / "state" / "mail" / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
@@ -223,6 +229,7 @@ def outcome(database_url: str) -> dict[str, Any]:
         IncidentSubject,
         Obligation,
         OutboxMessage,
+        QuarantinedRecord,
     )
 
     engine = create_engine(database_url)
@@ -261,9 +268,21 @@ def outcome(database_url: str) -> dict[str, Any]:
                     .join(Incident, Incident.id == Obligation.incident_id)
                 )
             )
+            # no unique key here: a record processed twice would be quarantined twice
+            quarantined = sorted(
+                (int(offset), str(reason))
+                for offset, reason in conn.execute(
+                    select(QuarantinedRecord.offset, QuarantinedRecord.reason)
+                )
+            )
     finally:
         engine.dispose()
-    return {"findings": findings, "incidents": incidents, "notices": notices}
+    return {
+        "findings": findings,
+        "incidents": incidents,
+        "notices": notices,
+        "quarantined": quarantined,
+    }
 
 
 def wait_until(check: Any, timeout: float, interval: float = 0.5, what: str = "") -> Any:
@@ -290,6 +309,78 @@ def settled(database_url: str, want: dict[str, Any], stable_for: float = 2.0) ->
         return time.monotonic() - state["since"] >= stable_for
 
     return check
+
+
+def stream_messages(nats_url: str, stream: str = "BWTEST") -> int:
+    """How many messages the JetStream stream holds: one per record when nothing was doubled."""
+    import asyncio
+
+    import nats
+
+    async def count() -> int:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            info = await nc.jetstream().stream_info(stream)
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def framed_records(path: Path) -> int:
+    """The number of records of a finished log file, framed as the daemon frames it."""
+    from breachwatch.parsers.base import Line
+    from breachwatch.parsers.registry import build_format
+    from tests.daemon_harness import PREFIX
+
+    fmt = build_format("pgaudit_stderr", {"log_line_prefix": PREFIX, "timezone": "Europe/Brussels"})
+    framer = fmt.new_framer(str(path))
+    count, offset = 0, 0
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        text_ = raw.rstrip(b"\n").decode("utf-8", errors="replace")
+        count += len(framer.push(Line(text_, offset, offset + len(raw), number)))
+        offset += len(raw)
+    return count + len(framer.flush())
+
+
+class WebhookRecorder:
+    """A real HTTP server standing in for the security team's webhook: records each POST
+    (arrival time, JSON body) and answers 200."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        lock = threading.Lock()
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    received.append((time.time(), json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def mail_files(state_dir: Path) -> list[Path]:

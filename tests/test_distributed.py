@@ -3,12 +3,17 @@ leader lock on a real PostgreSQL database."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
+from breachwatch.clock import FakeClock
+from breachwatch.config import SourceConfig
+from breachwatch.detection.need_to_know import PolicyView
+from breachwatch.detection.policy import load_policy
 from breachwatch.distributed.jetstream_source import StreamRecord
 from breachwatch.distributed.leader import LeaderLock
 from breachwatch.distributed.partitions import (
@@ -19,9 +24,22 @@ from breachwatch.distributed.partitions import (
     fence,
     partition_of,
 )
+from breachwatch.distributed.shipper import PartitionKeys, ShipBatch, ShipSource
+from breachwatch.distributed.worker import PartitionReferences
+from breachwatch.ingest import UNPARSED_HOLD, load_checkpoints
 from breachwatch.parsers.base import Line, Record
-from tests.conftest import skip_or_fail
-from tests.distributed_harness import missing_services, scratch_database
+from breachwatch.parsers.registry import build_format
+from breachwatch.pipeline import Pipeline
+from breachwatch.store.database import Database
+from breachwatch.store.schema import Base, Checkpoint
+from tests.conftest import REPO, skip_or_fail
+from tests.daemon_harness import PREFIX, audit_read
+from tests.distributed_harness import SAMPLE, missing_services, scratch_database
+
+# omar's CTE on webmail.messages in the labelled sample: a record of two lines (the statement
+# has a newline), which a live writer may leave half-written for a moment
+CTE_OFFSET = 240955
+FLUSH_AFTER = timedelta(milliseconds=200)
 
 
 def test_partition_is_stable_and_spread() -> None:
@@ -36,7 +54,9 @@ def test_record_round_trip_and_deterministic_id() -> None:
     rec = StreamRecord("pg-main", "pgaudit_stderr", "65024:99", "/x.log", Record("/x.log", lines))
     back = StreamRecord.decode(rec.encode())
     assert back == rec
-    assert rec.msg_id() == "pg-main|65024:99|10"
+    # offset and end: the same record read again is dropped, a record framed with other
+    # lines after a restart is not mistaken for it
+    assert rec.msg_id() == "pg-main|65024:99|10-28"
 
 
 def test_leases_fair_share_takeover_and_fencing(tmp_path: Path) -> None:
@@ -96,3 +116,163 @@ def test_one_leader_and_takeover() -> None:
         finally:
             one.release()
             two.release()
+
+
+def _sample_cut() -> tuple[list[bytes], int]:
+    """The sample's lines, and how many of them end with the first line of omar's record."""
+    if not SAMPLE.is_file():
+        skip_or_fail(f"sample log not found at {SAMPLE}")
+    lines = SAMPLE.read_bytes().splitlines(keepends=True)
+    offset = 0
+    for i, line in enumerate(lines):
+        if offset == CTE_OFFSET:
+            assert lines[i + 1].startswith(b"\t")  # its continuation line
+            return lines, i + 1
+        offset += len(line)
+    raise AssertionError("record not found in the sample")
+
+
+class _ShipSource(ShipSource):
+    """The shipper's source with its own store connection, closed with it."""
+
+    def close(self) -> None:
+        super().close()
+        self._db.dispose()
+
+
+def _shipper_source(log: Path, state: Path, clock: FakeClock) -> ShipSource:
+    db = Database(f"sqlite:///{state}")
+    Base.metadata.create_all(db.engine, tables=[Checkpoint.__table__])  # type: ignore[list-item]
+    config = SourceConfig(
+        name="pg-main",
+        path=log,
+        format="pgaudit_stderr",
+        options={"log_line_prefix": PREFIX, "timezone": "Europe/Brussels"},
+    )
+    return _ShipSource(config, db, clock, FLUSH_AFTER)
+
+
+def _shipped(batch: ShipBatch | None) -> dict[int, Record]:
+    return {} if batch is None else {rec.record.offset: rec.record for _, rec in batch.records}
+
+
+def test_shipper_killed_between_the_lines_of_a_record_ships_it_whole(tmp_path: Path) -> None:
+    """The cause of the missing CTE findings (issue 8): the writer paused between the two
+    lines of the record for longer than ``flush_after``; the idle flush emitted the first line
+    as a record (quarantined: unterminated quote), the shipper committed past it, and after a
+    restart the continuation line came alone. Deterministic: fake clock, the shipper dropped
+    without a commit exactly between the two lines, as kill -9 leaves it."""
+    lines, cut = _sample_cut()
+    log, state = tmp_path / "postgresql.log", tmp_path / "shipper.db"
+    log.write_bytes(b"".join(lines[:cut]))
+    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    keys = PartitionKeys(PolicyView(load_policy(REPO / "config" / "policy.yml")), 8)
+
+    first = _shipper_source(log, state, clock)
+    batch = first.collect(100_000, keys)
+    assert batch is not None and CTE_OFFSET not in _shipped(batch)  # held: the next may attach
+    first.commit(batch, clock.now())
+    clock.advance(FLUSH_AFTER * 5)  # the file is quiet: held records are due
+    idle = first.collect(100_000, keys)
+    assert CTE_OFFSET not in _shipped(idle)  # does not parse yet: held on, not shipped
+    if idle is not None:
+        first.commit(idle, clock.now())
+    first.close()  # killed here: the checkpoint is still at the record's start
+
+    with log.open("ab") as f:
+        f.write(b"".join(lines[cut : cut + 2]))  # the continuation, and the next record
+    second = _shipper_source(log, state, clock)
+    clock.advance(FLUSH_AFTER)
+    shipped = _shipped(second.collect(100_000, keys))
+    second.close()
+    record = shipped[CTE_OFFSET]
+    assert len(record.lines) == 2 and record.lines[1].text.startswith("\tSELECT msg.received_at")
+    assert all(not r.text.startswith("\t") for r in shipped.values())  # no orphan line
+
+    # what the worker raises on it: the two findings the scaled-out run was missing
+    fmt = second.format
+    found = Pipeline(load_policy(REPO / "config" / "policy.yml")).process([record], fmt, "pg")
+    assert not found.failures
+    assert {f.rule for f in found.findings} >= {"ntk.outside_grants", "privacy.telecom_content"}
+
+
+def test_a_record_that_never_completes_is_shipped_after_the_hold(tmp_path: Path) -> None:
+    """Held, not lost: a last record that does not parse goes out (to quarantine) once the
+    file has been quiet for UNPARSED_HOLD."""
+    lines, cut = _sample_cut()
+    log, state = tmp_path / "postgresql.log", tmp_path / "shipper.db"
+    log.write_bytes(b"".join(lines[:cut]))
+    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    keys = PartitionKeys(PolicyView(load_policy(REPO / "config" / "policy.yml")), 8)
+    source = _shipper_source(log, state, clock)
+    try:
+        batch = source.collect(100_000, keys)
+        assert batch is not None
+        source.commit(batch, clock.now())
+        clock.advance(UNPARSED_HOLD - timedelta(seconds=1))
+        assert CTE_OFFSET not in _shipped(source.collect(100_000, keys))
+        clock.advance(timedelta(seconds=1))
+        late = source.collect(100_000, keys)
+        assert late is not None and len(_shipped(late)[CTE_OFFSET].lines) == 1
+        source.commit(late, clock.now())
+        # the checkpoint is past it now: it is not read again
+        db = Database(f"sqlite:///{state}")
+        (checkpoint,) = load_checkpoints(db, "pg-main")
+        db.dispose()
+        assert checkpoint.offset == sum(len(line) for line in lines[:cut])
+    finally:
+        source.close()
+
+
+CASE_POLICY = """version: 1
+staff:
+  - {person: yasmine, accounts: [yasmine_helpdesk], roles: [helpdesk], team: helpdesk}
+data_map:
+  - {object: clients.accounts, categories: [identity], subject_column: id}
+  - {object: helpdesk.cases, categories: [support], subject_column: account_id}
+casework:
+  source: {file: cases.csv}
+  objects: [helpdesk.cases]
+grants:
+  - {role: helpdesk, objects: [clients.accounts], actions: [read, write], ticket: true}
+  - {role: helpdesk, objects: [helpdesk.cases], actions: [read, write], bulk: true}
+"""
+
+
+def _write_cases(folder: Path, cases: dict[int, int], stamp: int) -> None:
+    rows = "".join(
+        f"{case},{subject},yasmine_helpdesk,open,2026-11-29 09:00:00+01,\n"
+        for case, subject in cases.items()
+    )
+    path = folder / "cases.csv"
+    path.write_text("case_id,account_id,assignee,status,opened_at,closed_at\n" + rows)
+    os.utime(path, ns=(stamp, stamp))  # a new mtime even within the same second
+
+
+def test_partition_pipelines_follow_their_reference_tables(tmp_path: Path) -> None:
+    """The worker's Refresher holder reloads the case table of every owned partition's
+    pipeline (they are not the daemon's own pipeline), as the single daemon reloads its one."""
+    (tmp_path / "policy.yml").write_text(CASE_POLICY)
+    _write_cases(tmp_path, {11: 201}, 1_000_000_000_000_000_000)
+    policy = load_policy(tmp_path / "policy.yml")
+    owned = [Pipeline(policy), Pipeline(policy)]  # two partitions of one worker
+    tables = PartitionReferences(lambda: owned)
+    fmt = build_format("pgaudit_stderr", {"log_line_prefix": PREFIX, "timezone": "UTC"})
+    text = audit_read(
+        "2026-11-30 10:00:05.000 UTC",
+        4200,
+        "yasmine_helpdesk",
+        5,
+        "clients.accounts",
+        "SELECT full_name FROM clients.accounts WHERE id = 100;",
+    ).rstrip("\n")
+    record = Record("/x.log", (Line(text, 0, len(text) + 1, 1),))
+
+    def rules(pipeline: Pipeline) -> set[str]:
+        return {f.rule for f in pipeline.process([record], fmt, "pg-main").findings}
+
+    assert "ntk.no_open_case" in rules(owned[1])  # no case for customer 100 yet
+    assert tables.refresh() is False and tables.errors == []  # nothing changed: no reload
+    _write_cases(tmp_path, {11: 201, 12: 100}, 1_000_000_000_000_000_001)
+    assert tables.refresh() is True and tables.errors == []
+    assert all("ntk.no_open_case" not in rules(p) for p in owned)  # both partitions see it

@@ -222,3 +222,72 @@ def test_process_metrics_are_exported(server: MetricsServer) -> None:
     if not os.access("/proc/stat", os.R_OK):
         pytest.skip("/proc/stat not readable here")
     assert "process_cpu_seconds_total" in text
+
+
+def test_state_snapshot_is_reused_for_max_age_however_often_scraped() -> None:
+    """A scrape storm (a dashboard, a benchmark polling every few ms) must not turn into a
+    storm of store queries: the snapshot is taken once per max_age, while the deadline is
+    still counted from the scrape's own now."""
+    ticks = [100.0]
+    calls: list[int] = []
+    open_incidents = [1]
+
+    def counted() -> StateSnapshot:
+        calls.append(1)
+        return StateSnapshot(
+            open_incidents={("open", "high"): open_incidents[0]},
+            nearest_deadline=NOW + timedelta(hours=1),
+        )
+
+    clock = FakeClock(NOW)
+    m = Metrics(process_metrics=False)
+    m.attach(
+        StateCollector(counted, clock, max_age=timedelta(seconds=1), monotonic=lambda: ticks[0])
+    )
+    srv = serve_metrics(m, "127.0.0.1", 0)
+    try:
+        for _ in range(20):
+            s = samples(scrape(srv))
+        assert len(calls) == 1
+        open_incidents[0] = 5
+        clock.advance(timedelta(minutes=10))
+        ticks[0] += 0.5  # still fresh: same incidents, deadline from the scrape's now
+        s = samples(scrape(srv))
+        assert value(s, "breachwatch_open_incidents", state="open", severity="high") == 1
+        assert value(s, "breachwatch_nearest_deadline_seconds") == 3000
+        assert len(calls) == 1
+        ticks[0] += 0.6  # past max_age: the store is read again
+        s = samples(scrape(srv))
+        assert value(s, "breachwatch_open_incidents", state="open", severity="high") == 5
+        assert len(calls) == 2
+    finally:
+        srv.shutdown()
+
+
+def test_failed_snapshot_is_retried_after_max_age_not_at_every_scrape() -> None:
+    ticks = [0.0]
+    attempts: list[int] = []
+
+    def flaky() -> StateSnapshot:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("database is locked")
+        return StateSnapshot(quarantined_records=3)
+
+    m = Metrics(process_metrics=False)
+    m.attach(
+        StateCollector(
+            flaky, FakeClock(NOW), max_age=timedelta(seconds=1), monotonic=lambda: ticks[0]
+        )
+    )
+    srv = serve_metrics(m, "127.0.0.1", 0)
+    try:
+        assert value(samples(scrape(srv)), "breachwatch_state_up") == 0
+        assert value(samples(scrape(srv)), "breachwatch_state_up") == 0
+        assert len(attempts) == 1
+        ticks[0] = 1.0
+        s = samples(scrape(srv))
+        assert value(s, "breachwatch_state_up") == 1
+        assert value(s, "breachwatch_quarantined_records") == 3
+    finally:
+        srv.shutdown()

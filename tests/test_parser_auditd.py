@@ -85,9 +85,17 @@ def test_objects_are_absolute_paths(parsed: Parsed) -> None:
         "/var/lib/webhost-lab/auditd/srv/vmail/ozturk5155.de/post1/cur/1750140100.M2P1.mx2:2,S",
     )
     assert denied.detail == "exit=-13 (EACCES)" and denied.session == "53"
-    (tar,) = parsed.at(311)  # AUD-07: openat(dirfd, "webhostdb_nightly.dump")
-    assert tar.objects == ("/var/lib/webhost-lab/auditd/srv/backups", "webhostdb_nightly.dump")
-    assert "path_unresolved" in tar.tags
+    # AUD-07: tar -C srv backups: openat(3, "backups") on a descriptor whose opening was not
+    # audited is the watched directory itself; openat(5, "webhostdb_nightly.dump") is resolved
+    # through descriptor 5, which that openat returned (exit=5) in the same process.
+    (backups,) = parsed.at(307)
+    assert backups.objects == ("/var/lib/webhost-lab/auditd/srv/backups",)
+    (tar,) = parsed.at(311)
+    assert tar.objects == ("/var/lib/webhost-lab/auditd/srv/backups/webhostdb_nightly.dump",)
+    assert "path_unresolved" not in tar.tags
+    # AUD-05: gzip opened finance/ as descriptor 3 (event 424), then openat(3, "bills_...")
+    (archive,) = parsed.at(279)
+    assert archive.objects == ("/var/lib/webhost-lab/auditd/srv/finance/bills_archive_2017.csv.gz",)
     reads = [e for e in parsed.events if e.action in (Action.READ, Action.DENIED)]
     assert all(
         o.startswith("/") for e in reads if "path_unresolved" not in e.tags for o in e.objects
@@ -100,8 +108,11 @@ def test_objects_are_absolute_paths(parsed: Parsed) -> None:
         "/var/lib/webhost-lab/auditd/srv/finance/bills_archive_2017.csv.gz",
     )
     assert zcat in execs and zcat.action is Action.OTHER and zcat.objects == ()
-    logins = [e for e in parsed.events if e.action is Action.LOGIN]
-    assert "kevin_helpdesk" in {e.actor for e in logins}
+    # The kernel's LOGIN record (a loginuid write) is no authentication: no event of its own;
+    # what kevin's login uid does next is (his cp of the export, AUD-06).
+    assert not [e for e in parsed.events if e.action is Action.LOGIN]
+    assert parsed.at(283) == []
+    assert {e.actor for e in parsed.at(293)} == {"kevin_helpdesk"}
 
 
 def test_without_uid_map_enriched_names_or_numbers() -> None:
@@ -189,3 +200,54 @@ def test_hostile_lines_are_fast() -> None:
         for record in frame(fmt, text_lines([text, "type=EXECVE msg=audit(1.1:1): argc=3"])):
             fmt.parse(record, "ops")
         assert time.perf_counter() - start < 0.5, text[:40]
+
+
+def _openat(serial: int, pid: int, a0: str, exit_code: int, name: str, mode: str) -> list[str]:
+    head = f"msg=audit(1796001100.000:{serial}):"
+    return [
+        f"type=SYSCALL {head} arch=c000003e syscall=257 success=yes exit={exit_code} a0={a0} "
+        f'a1=0 a2=90800 items=1 ppid=1 pid={pid} auid=3004 uid=0 ses=9 comm="find" key="k"',
+        f'type=CWD {head} cwd="/home/omar"',
+        f'type=PATH {head} item=0 name="{name}" mode={mode} nametype=NORMAL',
+        f"type=PROCTITLE {head} proctitle=66696E64",
+    ]
+
+
+def test_directory_descriptors_are_followed_per_process() -> None:
+    fmt = AuditdFormat({"3004": "omar"}, {"k": "/srv/data"})
+    lines = text_lines(
+        [
+            *_openat(1, 100, "ffffff9c", 3, "/srv/data/", "040750"),  # pid 100: fd 3 = dir
+            *_openat(2, 100, "3", 4, "sub", "040750"),  # fd 4 = /srv/data/sub
+            *_openat(3, 100, "4", 5, "a.csv", "0100640"),
+            *_openat(4, 200, "3", 3, "b.csv", "0100640"),  # pid 200: fd 3 never seen
+            *_openat(5, 100, "ffffff9c", 4, "/etc/hosts", "0100644"),  # fd 4 is now a file
+            *_openat(6, 100, "4", 6, "c.csv", "0100640"),
+            "type=LOGIN msg=audit(1796001100.000:7): pid=9 uid=0 old-auid=4294967295 auid=3004 "
+            "tty=(none) old-ses=4294967295 ses=9 res=1",
+            "type=USER_LOGIN msg=audit(1796001100.000:8): pid=9 uid=0 auid=3004 ses=9 "
+            "msg='op=login id=3004 exe=\"/usr/sbin/sshd\" addr=192.0.2.9 res=success'",
+        ]
+    )
+    results = [fmt.parse(r, "ops") for r in frame(fmt, lines)]
+    events = [e for r in results if isinstance(r, list) for e in r]
+    assert len(results) == 8
+    objects = [e.objects for e in events if e.command == "openat"]
+    assert objects == [
+        ("/srv/data",),
+        ("/srv/data/sub",),
+        ("/srv/data/sub/a.csv",),
+        ("/srv/data", "b.csv"),  # another process: its descriptor 3 is unknown
+        ("/etc/hosts",),
+        ("/srv/data", "c.csv"),  # descriptor 4 was reused for a file: no longer the directory
+    ]
+    assert ["path_unresolved" in e.tags for e in events if e.command == "openat"] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        True,
+    ]
+    (login,) = [e for e in events if e.action is Action.LOGIN]  # PAM's, not the kernel's
+    assert (login.actor, login.client) == ("omar", "192.0.2.9")

@@ -1,22 +1,27 @@
 """The hot-path shortcuts give exactly what the general code gives (issue 3, speed).
 
 Each shortcut (prefix heads cached per line shape, AUDIT statement templates, chunked file
-reading, batched framing) is compared with the path it short-cuts, on lines chosen to break it.
+reading, batched framing, events built once already enriched) is compared with the path it
+short-cuts, on lines chosen to break it and on real server output.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import random
 from pathlib import Path
 
 import pytest
 
-from breachwatch.events import SourcePosition
+from breachwatch.detection.policy import StaffMember, load_policy
+from breachwatch.events import AccessEvent, SourcePosition
 from breachwatch.parsers import pg_events
-from breachwatch.parsers.base import Line, Record
+from breachwatch.parsers.base import Line, LogFormat, Record, push_lines
 from breachwatch.parsers.pg_prefix import compile_prefix
 from breachwatch.parsers.pgaudit import PgauditStderrFormat, _PrefixSplitter
+from breachwatch.parsers.pgaudit_csvlog import PgauditCsvlogFormat
+from breachwatch.pipeline import Pipeline
 from breachwatch.sources import files
 
 PREFIXES = ["%m [%p] %q%u@%d %a %h ", "%t [%p]: user=%u,db=%d,app=%a,client=%h ", "%m [%p] "]
@@ -72,6 +77,14 @@ PAYLOADS = [
     "SESSION,14,1,READ,SELECT,TABLE,x.y",
     'SESSION,15,1,READ,SELECT,TABLE,x.y,"SELECT 1',
     "SESSION,16,1,DDL,CREATE TABLE,,,CREATE TABLE t (a int),<none>",
+    # quoted parameter fields: the fast path cuts at the last ',"', which may lie inside them
+    'SESSION,17,1,WRITE,UPDATE,TABLE,w.a,"UPDATE w.a SET ip = $1 WHERE id = $2;","130,3768"',
+    'SESSION,18,1,READ,SELECT,TABLE,finance.bills,"SELECT $1, $2","7,""a,""b"""',
+    'SESSION,19,1,READ,SELECT,TABLE,finance.bills,"SELECT $1, $2",",""x"',
+    'SESSION,20,1,READ,SELECT,TABLE,x.y,"SELECT ',
+    ' FROM x.y","1,2"',
+    'SESSION,21,1,READ,SELECT,TABLE,x.y,"SELECT 1","a"b"',
+    'SESSION,22,1,READ,SELECT,TABLE,x.y,"SELECT 1",""',
 ]
 
 
@@ -167,3 +180,112 @@ def test_push_many_frames_like_push() -> None:
     for a, b in zip(got, expected, strict=True):
         plain = fmt.parse(Record(a.path, a.lines), "pg")  # parsed without the framer's work
         assert repr(fmt.parse(a, "pg")) == repr(fmt.parse(b, "pg")) == repr(plain)
+
+
+def test_quoted_parameters_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = 'SESSION,1,1,WRITE,UPDATE,TABLE,w.a,"UPDATE w.a SET ip = $1 WHERE id = $2;","130,3768"'
+    expected = _event(first.replace(",1,1,", ",2,1,").replace("130,3768", "22,2453"))
+    _event(first)  # learns the template
+    monkeypatch.setattr(pg_events, "_audit_fields", _must_not_run)
+    monkeypatch.setattr(pg_events, "split_csv", _must_not_run)
+    again = _event(first.replace(",1,1,", ",2,1,").replace("130,3768", "22,2453"))
+    assert again == expected
+    assert isinstance(again, AccessEvent) and again.parameters == ("22", "2453")
+
+
+def _must_not_run(*args: object) -> None:
+    raise AssertionError("the general AUDIT parse ran on a line the fast path knows")
+
+
+def _real_lines(samples_dir: Path) -> list[Line]:
+    """Real server output: the two workload logs and the start of the large one."""
+    lines: list[Line] = []
+    for name in ("pgaudit_workload_dayshift", "pgaudit_workload_realclock"):
+        lines += files.read_lines(samples_dir / name / "postgresql.log")
+    large = files.read_lines(samples_dir / "pgaudit_large" / "postgresql.log.gz")
+    lines += itertools.islice(large, 40_000)
+    return lines
+
+
+class _Unremembering(dict):  # type: ignore[type-arg]
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+def test_events_built_enriched_equal_parse_then_enrich_on_real_logs(
+    samples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline's path (framed records, caches warm, each event built once already
+    enriched) against the general one (plain records, no caches, parse then enrich), event
+    for event and field for field."""
+    policy = load_policy(Path(__file__).resolve().parents[1] / "config" / "policy.yml")
+    lines = _real_lines(samples_dir)
+    fmt = PgauditStderrFormat(PREFIXES[0], "Europe/Berlin")
+    fast = Pipeline(policy)
+    framer = fmt.new_framer("pg.log")
+    records = framer.push_many(lines) + framer.flush()
+    got = [fmt.parse_enriched(r, "pg-main", fast._enricher) for r in records * 2]
+
+    for name in ("_TEMPLATES", "_TAGS", "_FAST"):
+        monkeypatch.setattr(pg_events, name, _Unremembering())
+    slow = Pipeline(policy)
+    slow._sql._plans = _Unremembering()
+    expected: list[object] = []
+
+    def enrich(event: AccessEvent) -> AccessEvent:  # as Pipeline.evaluate does it
+        actor = slow._view.resolve_actor(event.actor)
+        person = actor.person if isinstance(actor, StaffMember) else event.person
+        return slow._sql.enrich(event, person)
+
+    for record in records * 2:
+        parsed = fmt.parse(Record(record.path, record.lines), "pg-main")
+        if isinstance(parsed, list):
+            expected.append([enrich(e) for e in parsed])
+        else:
+            expected.append(parsed)
+    assert sum(isinstance(p, list) and len(p) for p in got) > 40_000  # real events compared
+    assert [repr(p) for p in got] == [repr(p) for p in expected]
+    # enrichment did something: subjects, columns, persons and unbounded reads are all there
+    events = [e for p in got if isinstance(p, list) for e in p]
+    assert any(e.subjects for e in events) and any(e.columns for e in events)
+    assert any(e.person for e in events) and any(e.unbounded for e in events)
+
+
+def test_pipeline_findings_equal_with_and_without_the_one_build_path(samples_dir: Path) -> None:
+    class Plain:  # the format without parse_enriched: the pipeline parses, then enriches
+        def __init__(self, fmt: PgauditStderrFormat) -> None:
+            self.name, self.new_framer, self.parse = fmt.name, fmt.new_framer, fmt.parse
+
+    policy = load_policy(Path(__file__).resolve().parents[1] / "config" / "policy.yml")
+    lines = _real_lines(samples_dir)
+    results = []
+    for wrap in (False, True):
+        fmt = PgauditStderrFormat(PREFIXES[0], "Europe/Berlin")
+        framer = fmt.new_framer("pg.log")
+        records = push_lines(framer, lines) + framer.flush()
+        result = Pipeline(policy).process(records, Plain(fmt) if wrap else fmt, "pg-main")
+        results.append((result.events, result.findings, [f.reason for _, f in result.failures]))
+    assert results[0][1], "the sample logs give findings"
+    assert results[0] == results[1]
+
+
+def test_push_lines_frames_like_push(samples_dir: Path) -> None:
+    """push_lines (what scan and the daemon's ingest call) with a framer that has push_many
+    (pgaudit stderr) and with one that has not (csvlog), on real lines, batch cuts anywhere."""
+    workload = samples_dir / "pgaudit_workload_dayshift"
+    cases: list[tuple[LogFormat, list[Line]]] = [
+        (PgauditStderrFormat(PREFIXES[0]), list(files.read_lines(workload / "postgresql.log"))),
+        (PgauditCsvlogFormat(), list(files.read_lines(workload / "postgresql.csv"))),
+    ]
+    rnd = random.Random(7)
+    for fmt, lines in cases:
+        one = fmt.new_framer("x.log")
+        expected = [r for line in lines for r in one.push(line)] + one.flush()
+        batched = fmt.new_framer("x.log")
+        cuts = sorted(rnd.sample(range(1, len(lines)), 20))
+        got: list[Record] = []
+        for start, end in zip([0, *cuts], [*cuts, len(lines)], strict=True):
+            got += push_lines(batched, lines[start:end])
+        got += batched.flush()
+        assert len(expected) > 100
+        assert [r.lines for r in got] == [r.lines for r in expected]

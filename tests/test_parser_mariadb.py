@@ -103,6 +103,15 @@ def test_denied_and_dump_statements_use_the_statement_names(day: Parsed) -> None
     assert dump.action is Action.READ and dump.command == "SELECT"
 
 
+def test_locks_read_no_rows(day: Parsed) -> None:
+    # mariadb-dump's LOCK TABLES gets a READ TABLE event, but no row is read: its SELECT is
+    # the read (3069 above)
+    (lock,) = day.at(3057)
+    assert lock.statement == "LOCK TABLES `accounts` READ /*!32311 LOCAL */"
+    assert lock.action is Action.OTHER and lock.objects == ("clients.accounts",)
+    assert all(e.action is Action.OTHER for e in day.events if e.command in ("LOCK", "UNLOCK"))
+
+
 def test_enricher_finds_subjects_in_mariadb_statements(day: Parsed) -> None:
     enrich = SqlEnricher({"clients.accounts": "id", "finance.bills": "account_id"})
     (event,) = day.at(1745)  # UPDATE bills ... AND account_id = 1878

@@ -112,6 +112,49 @@ def test_customer_pages_referer_and_subjects(day: Parsed) -> None:
     assert paula.action is Action.EXPORT and "export=1" in paula.parameters
 
 
+def test_subject_from_the_referer_page() -> None:
+    """``subject: referer``: the request is tagged to take the customer of the page it came
+    from, and what that page's own route names comes along (the page may not be in the log)."""
+    routes: list[dict[str, Any]] = [
+        {
+            "pattern": "/panel/bills/{bill_no}/{verb}",
+            "object": "finance.bills",
+            "methods": ["POST"],
+            "action": "write",
+            "subject": "referer",
+        },
+        {"pattern": "/panel/bills/{bill_no}", "object": "finance.bills", "subject": "referer"},
+        {"pattern": "/panel/cases/{case_id:int}", "object": "helpdesk.cases", "subject": "case"},
+        {"pattern": f"/panel/clients/{CUSTOMER}/bills", "object": "finance.bills"},
+        {"pattern": "/panel/bills", "object": "finance.bills", "subject": "none"},
+    ]
+    fmt = WebAccessFormat(routes)
+    head = '127.0.0.24 - lena [17/Jun/2025:11:20:02 +0200] "'
+    lines = text_lines(
+        [
+            head + 'GET /panel/bills/B-1 HTTP/1.1" 200 47 "http://panel/panel/cases/8306" "UA"',
+            head
+            + 'POST /panel/bills/B-1/collection HTTP/1.1" 200 4 "http://x/panel/bills/B-1" "-"',
+            head + 'GET /panel/bills/B-2 HTTP/1.1" 200 47 "http://x/panel/clients/55/bills" "-"',
+            head
+            + 'GET /panel/bills/B-3 HTTP/1.1" 200 47 "http://x/panel/bills?status=overdue" "-"',
+            head + 'GET /panel/clients/55/bills HTTP/1.1" 200 47 "http://x/panel/cases/8306" "-"',
+        ]
+    )
+    results = [fmt.parse(r, "panel") for r in frame(fmt, lines)]
+    by_case, post, by_customer, from_list, own = [
+        e for r in results if isinstance(r, list) for e in r
+    ]
+    assert {"subject:referer", "referer_case_id:8306", "path:/panel/bills/B-1"} <= by_case.tags
+    assert by_case.subjects == ()
+    assert "subject:referer" in post.tags and "referer:/panel/bills/B-1" in post.tags
+    assert not any(t.startswith("referer_") for t in post.tags)  # its Referer inherits too
+    assert "referer_subject:55" in by_customer.tags
+    assert not any(t.startswith("referer_") for t in from_list.tags)  # a list names nobody
+    # a route with its own subject does not look at the Referer's route
+    assert own.subjects == ("55",) and not any(t.startswith("referer_") for t in own.tags)
+
+
 def test_json_variant_and_options() -> None:
     fmt = build_format(
         "web_access",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +19,7 @@ from breachwatch.clock import FakeClock
 from breachwatch.detection.conditions import PolicyConditionsDetector, build_conditions
 from breachwatch.detection.need_to_know import NeedToKnowDetector, PolicyView
 from breachwatch.detection.policy import Policy, load_policy
-from breachwatch.detection.reference import HttpTable
+from breachwatch.detection.reference import HttpTable, Refresher
 from breachwatch.errors import ConfigError
 from breachwatch.events import AccessEvent, Action, SourcePosition
 
@@ -129,6 +130,30 @@ def test_case_bound_access(policy_dir: Path) -> None:
     assert detect(ev("yasmine_helpdesk", ("helpdesk.cases",))) == []
 
 
+def test_lookup_by_a_key_whose_value_is_not_logged(policy_dir: Path) -> None:
+    """MariaDB logs an executed prepared statement with ``?`` and no values: a lookup by case
+    id or customer id is bound to one case, just not one the log names; a search is not."""
+    detect = _detector(policy_dir)
+    objects = ("helpdesk.cases", "clients.accounts")
+    by_case = (
+        "SELECT c.case_id, a.full_name FROM helpdesk.cases c JOIN clients.accounts a "
+        "ON a.id = c.account_id WHERE c.case_id = ?"
+    )
+    assert detect(ev("yasmine_helpdesk", objects, statement=by_case)) == []
+    by_id = "SELECT full_name FROM clients.accounts WHERE id = ?"
+    assert detect(ev("yasmine_helpdesk", ("clients.accounts",), statement=by_id)) == []
+    # the same with pgaudit.log_parameter=off
+    by_param = "SELECT full_name FROM clients.accounts WHERE id = $1"
+    assert detect(ev("yasmine_helpdesk", ("clients.accounts",), statement=by_param)) == []
+    for search in (
+        "SELECT id, full_name FROM clients.accounts WHERE full_name LIKE ?",
+        "SELECT id FROM clients.accounts WHERE id = 7 OR 'id = ?' = ?",  # ? in a string
+        "SELECT id, full_name FROM clients.accounts",
+    ):
+        found = detect(ev("yasmine_helpdesk", ("clients.accounts",), statement=search))
+        assert rules(found) == ["ntk.no_open_case"], search
+
+
 def test_case_closed_in_the_log_closes_it_from_then(policy_dir: Path) -> None:
     detect = _detector(policy_dir)
     close = ev(
@@ -151,6 +176,110 @@ def test_cases_file_reload_swaps_the_index(policy_dir: Path) -> None:
         handle.write("9,999,yasmine_helpdesk,open,2025-06-17 08:00:00+02,\n")
     assert all(h.refresh() for h in detect.holders[:1])
     assert detect(event) == []
+
+
+def test_refresher_reports_swaps_and_survives_a_table_that_does_not_build(
+    policy_dir: Path,
+) -> None:
+    detect = _detector(policy_dir)
+    reports: list[tuple[str, str]] = []
+    refresher = Refresher(detect.holders, 0.05, lambda kind, detail: reports.append((kind, detail)))
+    refresher.refresh_once()
+    assert reports == []  # nothing changed since the detector read the files
+    cases = policy_dir / "cases.csv"
+    cases.write_text(CASES + "9,999,yasmine_helpdesk,open,yesterday,\n", encoding="utf-8")
+    refresher.refresh_once()  # parses as CSV, but "yesterday" is no time: the old index stays
+    assert [k for k, _ in reports] == ["failed"] and "yesterday" in reports[0][1]
+    event = ev("yasmine_helpdesk", ("clients.accounts",), subjects=("999",))
+    assert rules(detect(event)) == ["ntk.no_open_case"]
+    cases.write_text(CASES + "9,999,yasmine_helpdesk,open,2025-06-17 08:00:00+02,\n", "utf-8")
+    refresher.start()  # the thread does the same rounds
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while detect(event) and datetime.now(UTC) < deadline:
+            threading.Event().wait(0.02)
+    finally:
+        refresher.stop()
+    assert detect(event) == [] and not refresher.is_alive()
+    assert reports[-1] == ("reloaded", str(cases))
+
+
+def test_conditions_state_snapshot_restore(policy_dir: Path, tmp_path: Path) -> None:
+    limited = POLICY.replace(
+        "actions: [read, write], ticket: true,\n     hours: business}",
+        "actions: [read, write], ticket: true,\n     max_subjects: {window: 1h, threshold: 2}}",
+    )
+    (policy_dir / "policy.yml").write_text(limited, encoding="utf-8")
+    first = _detector(policy_dir)
+    close = ev(
+        "yasmine_helpdesk",
+        ("helpdesk.cases",),
+        action=Action.WRITE,
+        statement="UPDATE helpdesk.cases SET status = 'closed' WHERE case_id = 1",
+    )
+    assert first(close) == []
+    assert first(ev("yasmine_helpdesk", ("clients.accounts",), subjects=("300",))) == []
+    saved = json.loads(json.dumps(first.snapshot()))  # what the store keeps
+    assert saved["closed_in_log"] == {"1": T0.isoformat().replace("+00:00", "Z")}
+
+    def after_restart(policy_text: str) -> list[str]:
+        (policy_dir / "policy.yml").write_text(policy_text, encoding="utf-8")
+        second = _detector(policy_dir)
+        second.restore(saved)
+        later = T0 + timedelta(minutes=5)
+        again = second(ev("yasmine_helpdesk", ("clients.accounts",), subjects=("100",), time=later))
+        more = second(ev("yasmine_helpdesk", ("clients.accounts",), subjects=("200",), time=later))
+        return rules(again) + rules(more)
+
+    # 100: its case was closed in the log; 300, 100, 200 make three customers, the limit is 2
+    assert after_restart(limited) == ["ntk.no_open_case", "ntk.no_open_case", "ntk.subject_limit"]
+    # a policy whose grants moved: the window follows its grant by content, not by position
+    grants = limited.index("grants:\n") + len("grants:\n")
+    moved = (
+        limited[:grants]
+        + "  - {role: nobody, objects: [x.y], actions: [read]}\n"
+        + limited[grants:]
+    )
+    assert after_restart(moved) == ["ntk.no_open_case", "ntk.no_open_case", "ntk.subject_limit"]
+    # a changed grant starts a new window
+    changed = limited.replace("threshold: 2}", "threshold: 3}")
+    assert after_restart(changed) == ["ntk.no_open_case", "ntk.no_open_case"]
+    with pytest.raises(ValueError):
+        first.restore({"version": 2})
+
+
+def test_web_page_takes_the_customer_of_its_referer(policy_dir: Path) -> None:
+    """A route with ``subject: referer`` (a bill's page, its POST actions) is about the
+    customer of the page it was opened from: a case page (through the case index) or a page
+    seen before by the same account. Customer 100 of case 1 is under an Art. 18 restriction."""
+    detect = _detector(policy_dir)
+
+    def web(method: str, path: str, referer: str, *tags: str) -> AccessEvent:
+        action = Action.READ if method == "GET" else Action.WRITE
+        event = ev("yasmine_helpdesk", ("clients.accounts",), action=action, command=method)
+        return replace(event, tags=frozenset({f"path:{path}", f"referer:{referer}", *tags}))
+
+    page = web("GET", "/bills/B-1", "/cases/1", "subject:referer", "referer_case_id:1")
+    assert detect(page) == []  # case 1 is hers and open: reading is fine
+    post = web("POST", "/bills/B-1/collection", "/bills/B-1", "subject:referer")
+    found = detect(post)  # the page above was customer 100's
+    assert rules(found) == ["gdpr.restricted_subject"] and found[0].subjects == ("100",)
+    # the same page, remembered across a restart
+    saved = json.loads(json.dumps(detect.snapshot()))
+    again = _detector(policy_dir)
+    assert rules(again(post)) == ["ntk.no_open_case"]  # nothing known: names no customer
+    again.restore(saved)
+    assert rules(again(post)) == ["gdpr.restricted_subject"]
+    # a route without ``subject: referer`` (a search) stays a search wherever it came from
+    search = web("GET", "/search", "/cases/1", "referer_case_id:1")
+    assert rules(detect(search)) == ["ntk.no_open_case"]
+    # another account's pages are not this one's
+    other = replace(post, actor="paula_sales")
+    assert detect(other) == []
+    paula_page = replace(page, actor="paula_sales")
+    # her own visit of the page (through case 1): a marketing read of a restricted customer
+    assert rules(detect(paula_page)) == ["gdpr.restricted_subject"]
+    assert rules(detect(other)) == ["gdpr.restricted_subject"]
 
 
 def test_business_hours(policy_dir: Path) -> None:

@@ -47,6 +47,7 @@ class AnomalyDetectors:
             if on and part is not None
         )
         self._swept: Any = None
+        self._sweep_every = self.suppressor.window
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
         found: list[Finding] = []
@@ -56,9 +57,10 @@ class AnomalyDetectors:
                 found += more
         # Forget old suppression keys now and then (event time, once per window).
         swept = self._swept
-        if swept is None or event.time - swept >= self.suppressor.window:
-            self.suppressor.sweep(event.time)
-            self._swept = event.time
+        time = event.time
+        if swept is None or time - swept >= self._sweep_every:
+            self.suppressor.sweep(time)
+            self._swept = time
         return found
 
     def snapshot(self) -> dict[str, Any]:

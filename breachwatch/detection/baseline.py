@@ -26,6 +26,7 @@ blind. A snapshot restored afterwards replaces the seed.
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from breachwatch.detection.anomaly_policy import BaselinePolicy, BaselineSeed
 from breachwatch.detection.findings import Finding, Severity
-from breachwatch.detection.need_to_know import PolicyView, describe_actor, person_of
+from breachwatch.detection.need_to_know import PolicyView, describe_actor
 from breachwatch.detection.policy import StaffMember
 from breachwatch.detection.rules import RULES
 from breachwatch.detection.stats import DecayingReservoir, Summary
@@ -50,17 +51,40 @@ _SUBJECT_CAP = 100_000  # distinct subjects held per actor and window; beyond, c
 _EVIDENCE = 20  # positions kept per window as evidence
 
 
+class _ZoneOffsets:
+    """UTC hour -> offset of one zone, and the last event time asked (by identity)."""
+
+    __slots__ = ("by_hour", "last", "zone")
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self.by_hour: dict[int, int] = {}
+        # (time, local seconds) of the last call, one tuple so that a reader in another
+        # thread never pairs one call's time with another's result.
+        self.last: tuple[datetime | None, int] = (None, 0)
+
+
+# One table per zone name, shared by every LocalWindows of that zone: the baseline and the
+# behaviour detector ask for the same event's local time one after the other.
+_ZONES: dict[str, _ZoneOffsets] = {}
+
+
 class LocalWindows:
     """Event time -> (window ordinal, window start) in a time zone, cached per UTC hour."""
 
     def __init__(self, zone: str, span: timedelta) -> None:
         self.zone = ZoneInfo(zone)
         self.seconds = int(span.total_seconds())
-        self._offsets: dict[int, int] = {}
+        shared = _ZONES.get(zone)
+        if shared is None or shared.zone is not self.zone:
+            shared = _ZONES[zone] = _ZoneOffsets(self.zone)
+        self._zone = shared
+        self._offsets = shared.by_hour
 
     def offset(self, time: datetime) -> int:
-        stamp = int(time.timestamp())
-        hour = stamp // 3600
+        return self._offset_at(int(time.timestamp()) // 3600)
+
+    def _offset_at(self, hour: int) -> int:
         found = self._offsets.get(hour)
         if found is None:
             utc = datetime.fromtimestamp(hour * 3600, UTC)
@@ -72,7 +96,17 @@ class LocalWindows:
         return found
 
     def local_seconds(self, time: datetime) -> int:
-        return int(time.timestamp()) + self.offset(time)
+        # zoneinfo is asked once per UTC hour (the table), timestamp() once per event.
+        last_time, last_local = self._zone.last
+        if time is last_time:
+            return last_local
+        stamp = int(time.timestamp())
+        found = self._offsets.get(stamp // 3600)
+        if found is None:
+            found = self._offset_at(stamp // 3600)
+        local = stamp + found
+        self._zone.last = (time, local)
+        return local
 
     def ordinal(self, time: datetime) -> int:
         return self.local_seconds(time) // self.seconds
@@ -119,6 +153,12 @@ class _Current:
     statements: int = 0
     evidence: list[SourcePosition] = field(default_factory=list)
     objects: dict[str, None] = field(default_factory=dict)
+    # Counts at or below which _check cannot fire (max of floor and limit; inf while there
+    # is no limit), valid while the detector's epoch is ``epoch``: limits change only when
+    # a reservoir does (a window closes, a seed, a restore), and most events are far below.
+    epoch: int = -1
+    subjects_bound: float = 0.0
+    statements_bound: float = 0.0
 
 
 @dataclass(slots=True)
@@ -172,6 +212,11 @@ class BaselineDetector:
         self._peer_subjects: dict[str, DecayingReservoir] = {}
         self._peer_statements: dict[str, DecayingReservoir] = {}
         self._summaries: dict[tuple[int, int], Summary | None] = {}
+        self._epoch = 0  # bumped whenever a reservoir changes (see _Current.epoch)
+        # (account, store, objects) -> whether such an event is counted at all; and the
+        # person of each staff account: both from the policy alone (bounded: keys are logged).
+        self._counted: dict[tuple[str, str, tuple[str, ...]], bool] = {}
+        self._persons = view.persons
         if config.seed is not None:
             self.seed(read_seed(config.seed, self.windows))
 
@@ -204,6 +249,7 @@ class BaselineDetector:
 
     def seed(self, counts: dict[str, dict[int, int]]) -> None:
         """Past windows of distinct subjects per account (see :func:`read_seed`)."""
+        self._epoch += 1
         for account, per in sorted(counts.items()):
             actor = self._view.resolve_actor(account)
             key = actor.person if isinstance(actor, StaffMember) else account
@@ -217,6 +263,7 @@ class BaselineDetector:
         current = state.current
         if current is None:
             return
+        self._epoch += 1
         state.own_subjects.add(current.ordinal, len(current.subjects))
         state.own_statements.add(current.ordinal, current.statements)
         if state.group is not None:
@@ -230,15 +277,23 @@ class BaselineDetector:
     def __call__(self, event: AccessEvent) -> list[Finding]:
         if event.action not in COUNTED_ACTIONS or not self.config.enabled:
             return []
-        view = self._view
-        if not any(view.is_personal(event.store, o) for o in event.objects):
+        actor = event.actor
+        counted_key = (actor, event.store, event.objects)
+        counted = self._counted.get(counted_key)
+        if counted is None:
+            counted = self._counts(event)
+            if len(self._counted) >= 4096:
+                self._counted.clear()
+            self._counted[counted_key] = counted
+        if not counted:
             return []
-        if self._exempt and self._exempt & view.roles_of(event.actor):
-            return []
-        person = person_of(view, event)
-        key = person or event.actor
-        state = self._actor(key, event.actor)
-        ordinal = self.windows.ordinal(event.time)
+        person = self._persons.get(actor, event.person)
+        key = person or actor
+        state = self._actors.get(key)
+        if state is None:
+            state = self._actor(key, event.actor)
+        windows = self.windows
+        ordinal = windows.local_seconds(event.time) // windows.seconds
         current = state.current
         if current is not None and current.ordinal < ordinal:
             self._close(state)
@@ -253,13 +308,42 @@ class BaselineDetector:
         current.statements += 1
         if len(current.evidence) < _EVIDENCE:
             current.evidence.append(event.position)
-        if len(current.objects) < 32:
-            current.objects.update(dict.fromkeys(event.objects))
+        objects = current.objects
+        if len(objects) < 32:
+            for obj in event.objects:
+                if obj not in objects:  # (an update would allocate a dict per event)
+                    objects[obj] = None
+        if current.epoch != self._epoch:
+            self._bounds(state, current)
         found: list[Finding] = []
-        if len(current.subjects) > before:
+        count = len(current.subjects)
+        if count > before and count > current.subjects_bound:
             found += self._check(event, person, key, state, SUBJECTS_RULE)
-        found += self._check(event, person, key, state, STATEMENTS_RULE)
+        if current.statements > current.statements_bound:
+            found += self._check(event, person, key, state, STATEMENTS_RULE)
         return found
+
+    def _bounds(self, state: _Actor, current: _Current) -> None:
+        config = self.config
+        for rule, floor in (
+            (SUBJECTS_RULE, config.floor_subjects),
+            (STATEMENTS_RULE, config.floor_statements),
+        ):
+            _, own_limit, _, peer_limit = self._limits(state, rule, current.ordinal)
+            limit = own_limit if own_limit is not None else peer_limit
+            bound = math.inf if limit is None else max(float(floor), limit)
+            if rule == SUBJECTS_RULE:
+                current.subjects_bound = bound
+            else:
+                current.statements_bound = bound
+        current.epoch = self._epoch
+
+    def _counts(self, event: AccessEvent) -> bool:
+        """Personal objects, by an account with no exempt role (depends on nothing else)."""
+        view = self._view
+        if not view.personal_objects(event.store, event.objects):
+            return False
+        return not (self._exempt and self._exempt & view.roles_of(event.actor))
 
     def _summary(self, reservoir: DecayingReservoir, ordinal: int) -> Summary | None:
         # Reservoirs change only when a window closes: summaries are cached per version.
@@ -428,3 +512,4 @@ class BaselineDetector:
         self._peer_subjects = peers_subjects
         self._peer_statements = peers_statements
         self._summaries.clear()
+        self._epoch += 1

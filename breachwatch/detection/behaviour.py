@@ -24,7 +24,7 @@ statements is one ``unusual_hour`` finding with a count, not fifty.
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -34,12 +34,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from breachwatch.detection.anomaly_policy import BehaviourPolicy
 from breachwatch.detection.baseline import LocalWindows
 from breachwatch.detection.findings import Finding, Severity
-from breachwatch.detection.need_to_know import (
-    ACCESS_ACTIONS,
-    PolicyView,
-    describe_actor,
-    person_of,
-)
+from breachwatch.detection.need_to_know import ACCESS_ACTIONS, PolicyView, describe_actor
+from breachwatch.detection.policy import DataMapEntry
 from breachwatch.detection.rules import RULES
 from breachwatch.detection.suppression import Suppressor
 from breachwatch.events import AccessEvent, Action, SourcePosition
@@ -48,6 +44,12 @@ HOUR_ACTIONS = ACCESS_ACTIONS | {Action.LOGIN}
 _HOUR_CAP = 10_000.0  # histogram total above which every bucket is halved (decay)
 _VERSION = re.compile(r"^v?\d[\w.\-]*$")
 _UNKNOWN_APPS = frozenset({"", "[unknown]", "unknown", "-"})
+_NOVELTY_ACTIONS = ACCESS_ACTIONS | {Action.LOGIN}
+_UNKNOWN = "\0not cached"  # "not in the family cache" (compared by identity, never by value)
+_CACHE_LIMIT = 4096  # keys come from log records: every cache below is bounded
+# A key the profile remembers an access by, with the object as logged and its data-map entry
+# (both None for the store's own key).
+_Touch = tuple[str, str | None, DataMapEntry | None]
 
 
 def app_family(application: str | None) -> str | None:
@@ -68,9 +70,11 @@ class _Profile:
     days: int = 0  # distinct local days with activity
     last_day: int = -1
     hours: list[float] = field(default_factory=lambda: [0.0] * 24)
-    objects: dict[str, None] = field(default_factory=dict)
-    clients: dict[str, None] = field(default_factory=dict)
-    apps: dict[str, None] = field(default_factory=dict)
+    # Least recently used first. OrderedDict for move_to_end: marking a known value as used
+    # is one C call, where a dict needed a membership test, a delete and an insert.
+    objects: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    clients: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    apps: OrderedDict[str, None] = field(default_factory=OrderedDict)
     denied: deque[tuple[datetime, SourcePosition]] = field(default_factory=deque)
 
 
@@ -104,15 +108,16 @@ class _State(BaseModel):
     failures: dict[str, list[_Attempt]]
 
 
-def _remember(known: dict[str, None], value: str, cap: int) -> bool:
+def _remember(known: OrderedDict[str, None], value: str, cap: int) -> bool:
     """Mark as recently used; True when it was not known."""
-    new = value not in known
-    if not new:
-        del known[value]
-    known[value] = None
-    if len(known) > cap:
-        del known[next(iter(known))]
-    return new
+    try:
+        known.move_to_end(value)
+        return False
+    except KeyError:
+        known[value] = None
+        if len(known) > cap:
+            known.popitem(last=False)
+        return True
 
 
 class BehaviourDetector:
@@ -126,6 +131,11 @@ class BehaviourDetector:
         self._exempt = frozenset(config.exempt_roles)
         self._profiles: dict[str, _Profile] = {}
         self._failures: dict[str, deque[tuple[datetime, str, SourcePosition]]] = {}
+        # Pure functions of the policy and of logged strings, cached (bounded): the data-map
+        # objects of an event's objects, and an application's family.
+        self._touches: dict[tuple[str, tuple[str, ...]], tuple[_Touch, ...]] = {}
+        self._families: dict[str | None, str | None] = {}
+        self._persons = view.persons  # staff account -> person, per policy
 
     def learned(self, actor: str, now: datetime) -> bool:
         profile = self._profiles.get(actor)
@@ -138,26 +148,35 @@ class BehaviourDetector:
         )
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        if not self.config.enabled:
+        # The per-event path keeps to the stateful parts (histogram, recency of objects,
+        # clients, applications); attributes are read once into locals, and nothing is
+        # allocated beyond the result list unless a check fires.
+        config = self.config
+        if not config.enabled:
             return []
+        action = event.action
         found: list[Finding] = []
-        if event.action is Action.LOGIN_FAILED:
+        if action is Action.LOGIN_FAILED:
             found += self._brute_force(event)
-        if self._exempt and self._exempt & self._view.roles_of(event.actor):
+        actor = event.actor
+        if self._exempt and self._exempt & self._view.roles_of(actor):
             return found
-        person = person_of(self._view, event)
-        key = person or event.actor
+        person = self._persons.get(actor, event.person)
+        key = person or actor
+        time = event.time
         profile = self._profiles.get(key)
         if profile is None:
-            profile = self._profiles[key] = _Profile(first_seen=event.time)
-            if len(self._profiles) > self.config.max_actors:
+            profile = self._profiles[key] = _Profile(first_seen=time)
+            if len(self._profiles) > config.max_actors:
                 del self._profiles[next(iter(self._profiles))]
-        learned = self._learned(profile, event.time)
-        config = self.config
-        if event.action is Action.DENIED:
+        learned = (
+            profile.events >= config.learning_events
+            and time - profile.first_seen >= config.learning
+        )
+        if action is Action.DENIED:
             found += self._denied(event, person, profile)
-        if event.action in HOUR_ACTIONS:
-            local = self._local.local_seconds(event.time)
+        if action in HOUR_ACTIONS:
+            local = self._local.local_seconds(time)
             hour = (local // 3600) % 24
             day = local // 86400
             if learned and config.unusual_hours and profile.days >= config.hour_learning_days:
@@ -169,8 +188,10 @@ class BehaviourDetector:
             hours[hour] += 1.0
             if hours[hour] > _HOUR_CAP:
                 profile.hours = [h / 2 for h in hours]
-        if event.action in ACCESS_ACTIONS or event.action is Action.LOGIN:
-            found += self._novelty(event, person, profile, learned)
+        if action in _NOVELTY_ACTIONS:
+            more = self._novelty(event, person, profile, learned)
+            if more:
+                found += more
         profile.events += 1
         return found
 
@@ -231,62 +252,129 @@ class BehaviourDetector:
             objects=tuple(o for o in event.objects if self._view.is_personal(event.store, o)),
         )
 
+    def _touches_of(self, store: str, objects: tuple[str, ...]) -> tuple[_Touch, ...]:
+        """The profile keys an access touches, in order: the store's (with no object and no
+        entry), then each data-map object's."""
+        key = (store, objects)
+        found = self._touches.get(key)
+        if found is None:
+            touches: list[_Touch] = [(f"store:{store}", None, None)]
+            for obj in objects:
+                entry = self._view.data_entry(store, obj)
+                if entry is not None:
+                    touches.append((f"{store}|{entry.object}", obj, entry))
+            found = tuple(touches)
+            if len(self._touches) >= _CACHE_LIMIT:
+                self._touches.clear()
+            self._touches[key] = found
+        return found
+
+    def _family(self, application: str | None) -> str | None:
+        try:
+            return self._families[application]
+        except KeyError:
+            family = app_family(application)
+            if len(self._families) >= _CACHE_LIMIT:
+                self._families.clear()
+            self._families[application] = family
+            return family
+
     def _novelty(
         self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool
+    ) -> list[Finding] | None:
+        # The common case (everything known) only marks values as used, one C call each
+        # (OrderedDict.move_to_end raises for a new value): no text is built and nothing is
+        # allocated until something is new.
+        found: list[Finding] | None = None
+        if event.action is not Action.LOGIN:
+            touches = self._touches.get((event.store, event.objects))
+            if touches is None:
+                touches = self._touches_of(event.store, event.objects)
+            objects = profile.objects
+            for key, obj, entry in touches:
+                try:
+                    objects.move_to_end(key)
+                except KeyError:
+                    more = self._first_access(event, person, profile, learned, key, obj, entry)
+                    if more:
+                        found = (found or []) + more
+        client = event.client
+        if client:
+            clients = profile.clients
+            try:
+                clients.move_to_end(client)
+            except KeyError:
+                more = self._new_client(event, person, profile, learned, client)
+                if more:
+                    found = (found or []) + more
+        application = event.application
+        family = self._families.get(application, _UNKNOWN)
+        if family is _UNKNOWN:
+            family = self._family(application)
+        if family:
+            apps = profile.apps
+            try:
+                apps.move_to_end(family)
+            except KeyError:
+                more = self._new_application(event, person, profile, learned, family)
+                if more:
+                    found = (found or []) + more
+        return found
+
+    def _first_access(
+        self,
+        event: AccessEvent,
+        person: str | None,
+        profile: _Profile,
+        learned: bool,
+        key: str,
+        obj: str | None,
+        entry: DataMapEntry | None,
+    ) -> list[Finding]:
+        """``key`` is new to the profile: remember it, and say so once the profile is learnt."""
+        config = self.config
+        _remember(profile.objects, key, config.max_known)
+        if not (learned and config.first_access):
+            return []
+        who = describe_actor(event, person)
+        if obj is None or entry is None:
+            text = f"{who} accessed the store {event.store} for the first time."
+            return self._emit("behaviour.first_access", event, person, text, key)
+        text = (
+            f"{who} accessed {obj} ({', '.join(entry.categories)}) in {event.store} for the "
+            f"first time after {profile.events:,} events since {profile.first_seen:%Y-%m-%d}."
+        )
+        return self._emit(
+            "behaviour.first_access", event, person, text, f"object:{key}", objects=(obj,)
+        )
+
+    def _new_client(
+        self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool, client: str
     ) -> list[Finding]:
         config = self.config
-        cap = config.max_known
-        found: list[Finding] = []
-        who = describe_actor(event, person)
-        if event.action is not Action.LOGIN:
-            new_store = _remember(profile.objects, f"store:{event.store}", cap)
-            if new_store and learned and config.first_access:
-                text = f"{who} accessed the store {event.store} for the first time."
-                found += self._emit(
-                    "behaviour.first_access", event, person, text, f"store:{event.store}"
-                )
-            for obj in event.objects:
-                entry = self._view.policy.data_entry(event.store, obj)
-                if entry is None:
-                    continue
-                name = entry.object
-                new = _remember(profile.objects, f"{event.store}|{name}", cap)
-                if new and learned and config.first_access:
-                    text = (
-                        f"{who} accessed {obj} ({', '.join(entry.categories)}) in "
-                        f"{event.store} for the first time after {profile.events:,} events "
-                        f"since {profile.first_seen:%Y-%m-%d}."
-                    )
-                    found += self._emit(
-                        "behaviour.first_access",
-                        event,
-                        person,
-                        text,
-                        f"object:{event.store}|{name}",
-                        objects=(obj,),
-                    )
-        if event.client:
-            known = list(profile.clients)
-            if _remember(profile.clients, event.client, cap) and learned and config.new_client:
-                text = (
-                    f"{who} connected from {event.client}, an address not seen for them "
-                    f"before (known: {', '.join(known[-5:]) or 'none'})."
-                )
-                found += self._emit(
-                    "behaviour.new_client", event, person, text, f"client:{event.client}"
-                )
-        family = app_family(event.application)
-        if family:
-            known = list(profile.apps)
-            if _remember(profile.apps, family, cap) and learned and config.new_client:
-                text = (
-                    f"{who} used the application {event.application!r}, not seen for them "
-                    f"before (known: {', '.join(known[-5:]) or 'none'})."
-                )
-                found += self._emit(
-                    "behaviour.new_application", event, person, text, f"app:{family}"
-                )
-        return found
+        known = list(profile.clients)
+        _remember(profile.clients, client, config.max_known)
+        if not (learned and config.new_client):
+            return []
+        text = (
+            f"{describe_actor(event, person)} connected from {client}, an address not seen for "
+            f"them before (known: {', '.join(known[-5:]) or 'none'})."
+        )
+        return self._emit("behaviour.new_client", event, person, text, f"client:{client}")
+
+    def _new_application(
+        self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool, family: str
+    ) -> list[Finding]:
+        config = self.config
+        known = list(profile.apps)
+        _remember(profile.apps, family, config.max_known)
+        if not (learned and config.new_client):
+            return []
+        text = (
+            f"{describe_actor(event, person)} used the application {event.application!r}, not "
+            f"seen for them before (known: {', '.join(known[-5:]) or 'none'})."
+        )
+        return self._emit("behaviour.new_application", event, person, text, f"app:{family}")
 
     def _denied(self, event: AccessEvent, person: str | None, profile: _Profile) -> list[Finding]:
         burst = self.config.denied_burst
@@ -398,9 +486,9 @@ class BehaviourDetector:
                 days=p.days,
                 last_day=p.last_day,
                 hours=list(p.hours),
-                objects=dict.fromkeys(p.objects[-cap:]),
-                clients=dict.fromkeys(p.clients[-cap:]),
-                apps=dict.fromkeys(p.apps[-cap:]),
+                objects=OrderedDict.fromkeys(p.objects[-cap:]),
+                clients=OrderedDict.fromkeys(p.clients[-cap:]),
+                apps=OrderedDict.fromkeys(p.apps[-cap:]),
             )
         failures = {
             address: deque(

@@ -5,6 +5,9 @@ that customer is open (``opened <= time < closed``) and assigned to the person, 
 accounts, or their team. Cases come from a CSV/JSON file or an HTTP API (see
 :mod:`breachwatch.detection.reference`); a case closed in the log itself (a write to a case
 object that sets it closed, or a request on a closing route) is closed from that moment.
+A lookup by a key whose value the log does not carry (a ``?`` placeholder of an executed
+prepared statement) is bound to one customer the log does not name
+(:meth:`Casework.pins_unlogged_key`).
 """
 
 from __future__ import annotations
@@ -71,6 +74,26 @@ class Casework(Model):
             )
         return tuple(found)
 
+    def pins_unlogged_key(self, event: AccessEvent, keys: frozenset[str]) -> bool:
+        """Whether the statement selects one row by a key column (one of ``keys``, or the
+        case id column) through a placeholder whose value the log does not record.
+
+        MariaDB's server_audit logs an executed prepared statement with its ``?`` and without
+        the values; pgaudit with ``log_parameter=off`` does the same with ``$1``. Such an
+        access is bound to one customer or case; the log just does not say which, so the
+        ticket condition cannot be judged (a search by name or a list has no such predicate
+        and stays a finding).
+        """
+        statement = event.statement
+        if not statement or ("?" not in statement and "$" not in statement):
+            return False
+        known = len(event.parameters)
+        wanted = keys | {self.case_id_column}
+        return any(
+            p.column in wanted and not p.values and p.params and min(p.params) > known
+            for p in analyze(positional(statement)).predicates
+        )
+
     def is_case_object(self, obj: str) -> bool:
         return any(obj == p or fnmatchcase(obj, p) for p in self.objects)
 
@@ -89,6 +112,29 @@ class Casework(Model):
         return tuple(
             v for p in shape.predicates if p.column == self.case_id_column for v in p.values
         )
+
+
+# A quoted string, quoted identifier or comment (skipped), or a bare ``?`` placeholder.
+_PLACEHOLDER_RE = re.compile(
+    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|/\*.*?\*/|--[^\n]*|(\?)", re.DOTALL
+)
+
+
+def positional(statement: str) -> str:
+    """``?`` placeholders (MySQL/MariaDB, JDBC) numbered as ``$1, $2 ...``, so that the SQL
+    analyser reads them as parameters; quoted text and comments are left alone."""
+    if "?" not in statement:
+        return statement
+    count = 0
+
+    def number(m: re.Match[str]) -> str:
+        nonlocal count
+        if m.group(1) is None:
+            return m.group(0)
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER_RE.sub(number, statement)
 
 
 @dataclass(frozen=True, slots=True)

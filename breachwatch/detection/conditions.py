@@ -4,7 +4,8 @@ legal exceptions, the data-subject registry, transfers, archives, privileged wor
 :class:`PolicyConditionsDetector` is a detector like the others (``detector(event) ->
 findings``; the event time is "now"). Reference data arrives as holders of immutable indexes
 (:class:`breachwatch.detection.reference.Holder`), read once per event, so a reload swaps them
-between two events. Its only own state: cases closed in the log, and per-grant subject windows.
+between two events. Its only own state: cases closed in the log, per-grant subject windows and
+the web pages seen per account (navigation.py); snapshot()/restore() carry it over restarts.
 
 Not judged here: unknown actors, accesses no grant covers and departed accounts (those are
 :mod:`need_to_know`), bulk reads and exports (:mod:`volume`).
@@ -21,7 +22,9 @@ from typing import Any
 
 from breachwatch.clock import Clock, SystemClock
 from breachwatch.detection.casework import CaseIndex
+from breachwatch.detection.conditions_state import dump_state, grant_key, load_state
 from breachwatch.detection.findings import Finding
+from breachwatch.detection.navigation import Navigation
 from breachwatch.detection.need_to_know import (
     ACCESS_ACTIONS,
     PolicyView,
@@ -30,7 +33,13 @@ from breachwatch.detection.need_to_know import (
     is_aggregate,
     is_maintenance,
 )
-from breachwatch.detection.policy import Grant, Policy, ServiceAccount, StaffMember
+from breachwatch.detection.policy import (
+    Grant,
+    Policy,
+    ServiceAccount,
+    StaffMember,
+    StaffStatus,
+)
 from breachwatch.detection.reference import Holder, open_table
 from breachwatch.detection.registry import SubjectRegistry
 from breachwatch.detection.transfers import address_matches
@@ -103,7 +112,17 @@ class PolicyConditionsDetector:
         self._grant_ids = {id(g): i for i, g in enumerate(p.grants)}
         self._entries: dict[tuple[str, str], tuple[bool, bool, bool]] = {}
         self._covering: dict[tuple[frozenset[str], str, str, Action], tuple[Grant, ...]] = {}
+        # Rule plans: (actor, store, objects, action, application, client, names no subject)
+        # -> True when no event with that key can raise anything here, whatever its time,
+        # subjects or statement (see _always_quiet). Most events of a day repeat a handful of
+        # keys; theirs then cost one look-up. A plan depends on the policy only (never on the
+        # contents of the reference tables, which reload underneath), and a policy reload
+        # builds a new detector. ``use_plans = False`` judges every event in full (tests
+        # compare the two).
+        self.use_plans = True
+        self._plans: dict[tuple[Any, ...], bool] = {}
         self.holders: tuple[Holder[Any], ...] = tuple(h for h in (cases, registry) if h)
+        self._navigation = Navigation(p.casework, cases)
 
     # ---- lookups (cached; object names come from logs, so caches are bounded) ------------
     def _entry(self, store: str, obj: str) -> tuple[bool, bool, bool]:
@@ -134,11 +153,28 @@ class PolicyConditionsDetector:
     def __call__(self, event: AccessEvent) -> list[Finding]:
         if event.action not in ACCESS_ACTIONS:
             return []
+        event = self._navigation(event)  # web pages about the customer of their Referer
         if self._casework is not None and event.action is Action.WRITE:
             for case_id in self._casework.closed_cases(event):
                 known = self._closed.get(case_id)
                 if known is None or event.time < known:
                     self._closed[case_id] = event.time
+        if self.use_plans:
+            plan = (
+                event.actor,
+                event.store,
+                event.objects,
+                event.action,
+                event.application,
+                event.client,
+                not event.subjects,
+            )
+            quiet = self._plans.get(plan)
+            if quiet is None:
+                quiet = self._always_quiet(event)
+                _remember(self._plans, plan, quiet)
+            if quiet:
+                return []
         personal = tuple(o for o in event.objects if self._entry(event.store, o)[0])
         if not personal:
             return []
@@ -191,6 +227,73 @@ class PolicyConditionsDetector:
                 purposes = granted
         self._registry_rules(event, personal, purposes, aggregate, out)
         return out.found
+
+    def _always_quiet(self, event: AccessEvent) -> bool:
+        """Whether ``__call__`` returns nothing for every event sharing this one's actor,
+        store, objects, action, application, client and naming subjects or not (the plan
+        key), and changes no state beyond the closed cases and the pages seen (both recorded
+        before the plan is consulted). Conservative: any rule whose outcome depends on the
+        time, the subjects, the statement or the reference tables makes it False, and such
+        events are judged in full. A rule added to ``__call__`` must be added here too."""
+        store, action = event.store, event.action
+        personal = tuple(o for o in event.objects if self._entry(store, o)[0])
+        if not personal:
+            return True
+        actor = self._view.resolve_actor(event.actor)
+        # A departed account's event is quiet here (ntk.departed_account's): whether a start
+        # or end date makes this one departed does not matter when the rest is quiet too.
+        if isinstance(actor, StaffMember) and actor.status is not StaffStatus.ACTIVE:
+            return True
+        roles = frozenset(actor.roles) if actor is not None else frozenset()
+        if roles & self._privileged or action is Action.DDL:
+            return False  # aggregates, maintenance, change windows: per statement and time
+        if self._policy.transfers.identify(event) is not None:
+            return False  # a processor's contract status depends on the date
+        if isinstance(actor, ServiceAccount) and (actor.applications or actor.sources):
+            return False
+        if any(self._entry(store, o)[1] or self._entry(store, o)[2] for o in personal):
+            return False  # telecom exceptions are dated; archive access is a finding
+        if self._registry is not None and event.subjects:
+            return False  # registers are per subject and reload underneath
+        purposes: set[str] = set()
+        if actor is not None:
+            for obj in personal:
+                grants = self._grants(roles, store, obj, action)
+                if not grants:
+                    continue  # ntk.outside_grants, not judged here
+                first = grants[0]
+                if (
+                    first.hours is not None
+                    or first.legal_reference
+                    or first.ticket
+                    or first.max_subjects is not None
+                ):
+                    return False  # hours, exceptions, cases, subject windows: per event
+                if first.purpose:
+                    purposes.add(first.purpose)
+        # Marketing, retention and analytics rules read the statement.
+        return not purposes & (self._marketing | self._retention_purposes | {"analytics"})
+
+    # ---- state, committed with the offsets (see conditions_state) ----------------------
+    def snapshot(self) -> dict[str, Any]:
+        keys = [grant_key(g) for g in self._policy.grants]
+        windows = {
+            (who, keys[i]): (dict(seen.last), seen.quiet_until)
+            for (who, i), seen in self._seen.items()
+            if 0 <= i < len(keys)
+        }
+        return dump_state(self._closed, windows, self._navigation.snapshot())
+
+    def restore(self, data: Any) -> None:
+        closed, windows, pages = load_state(data)
+        self._navigation.restore(pages)
+        index = {grant_key(g): i for i, g in enumerate(self._policy.grants)}
+        self._closed = closed
+        self._seen = {
+            (who, index[key]): _Seen(last, quiet)
+            for (who, key), (last, quiet) in windows.items()
+            if key in index
+        }
 
     def _in_change_window(self, when: datetime) -> bool:
         return self._change is not None and self._change.in_window(when)
@@ -338,7 +441,9 @@ class PolicyConditionsDetector:
         index = self._cases.current
         subjects = event.subjects or self._subjects_by_case(event, index)
         if not subjects:
-            return False  # a search or list: not bound to any customer's case
+            # A search or list is bound to no case; a lookup by a key the log does not
+            # record (a prepared statement's value) is bound to one, unknown here.
+            return casework.pins_unlogged_key(event, self._view.identifying)
         owners = self._owners.get(event.actor, frozenset({event.actor}))
         return all(
             index.open_case(s, owners, event.time, self._closed) is not None for s in subjects

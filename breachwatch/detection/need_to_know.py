@@ -24,7 +24,13 @@ from dataclasses import replace
 from typing import Any
 
 from breachwatch.detection.findings import Finding, Severity
-from breachwatch.detection.policy import Policy, ServiceAccount, StaffMember, StaffStatus
+from breachwatch.detection.policy import (
+    DataMapEntry,
+    Policy,
+    ServiceAccount,
+    StaffMember,
+    StaffStatus,
+)
 from breachwatch.detection.rules import RULES
 from breachwatch.events import AccessEvent, Action
 from breachwatch.sql.analyze import analyze
@@ -45,6 +51,8 @@ _ATTEMPT = {
     Action.OTHER: "ran an audited command",
 }
 
+
+_NO_ROLES: frozenset[str] = frozenset()
 
 # Object names come from log records, so every cache keyed by them is bounded.
 _CACHE_LIMIT = 4096
@@ -91,12 +99,24 @@ class PolicyView:
             self._actors.update(dict.fromkeys(member.accounts, member))
         for service in policy.service_accounts:
             self._actors[service.account] = service
+        # Per account, resolved once: detectors ask for roles and person on every event, and
+        # building the frozenset each time was a measurable share of the anomaly detectors.
+        # The view is built per policy (a reload builds a new pipeline), so nothing goes stale.
+        self._roles = {a: frozenset(actor.roles) for a, actor in self._actors.items()}
+        self.persons: dict[str, str] = {
+            a: actor.person for a, actor in self._actors.items() if isinstance(actor, StaffMember)
+        }
+        self._entries: dict[tuple[str, str], DataMapEntry | None] = {}
+        self._personal_of: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._severity = {rule: policy.severity_of(rule) for rule in RULES}
         self._personal: dict[tuple[str, str], bool] = {}
         self._categories: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._granted: dict[tuple[frozenset[str], str, str, Action], bool] = {}
         self._bulk: dict[tuple[frozenset[str], str, str, Action], bool] = {}
         self.privileged_roles = frozenset(policy.privileged.roles)
+        self.privileged_accounts = frozenset(
+            a for a, roles in self._roles.items() if roles & self.privileged_roles
+        )
         self.identifying = frozenset(
             column
             for entry in policy.data_map
@@ -108,8 +128,32 @@ class PolicyView:
         return self._actors.get(account)
 
     def roles_of(self, account: str) -> frozenset[str]:
-        actor = self._actors.get(account)
-        return frozenset(actor.roles) if actor is not None else frozenset()
+        return self._roles.get(account, _NO_ROLES)
+
+    def person_of(self, event: AccessEvent) -> str | None:
+        """As :func:`person_of`, from the per-account table."""
+        return self.persons.get(event.actor, event.person)
+
+    def data_entry(self, store: str, obj: str) -> DataMapEntry | None:
+        """``policy.data_entry`` through a plain dict (pydantic's private attributes are slow)."""
+        key = (store, obj)
+        try:
+            return self._entries[key]
+        except KeyError:
+            found = self.policy.data_entry(store, obj)
+            _remember(self._entries, key, found)
+            return found
+
+    def personal_objects(self, store: str, objects: tuple[str, ...]) -> tuple[str, ...]:
+        """The objects that hold personal data, in order (the event's own tuple when all do)."""
+        key = (store, objects)
+        found = self._personal_of.get(key)
+        if found is None:
+            found = tuple(o for o in objects if self.is_personal(store, o))
+            if found == objects:
+                found = objects
+            _remember(self._personal_of, key, found)
+        return found
 
     def severity_of(self, rule: str) -> Severity:
         return self._severity[rule]
@@ -151,6 +195,8 @@ class PolicyView:
 
 def person_of(policy: Policy | PolicyView, event: AccessEvent) -> str | None:
     """The pseudonymous person behind the event's account, when it is staff."""
+    if isinstance(policy, PolicyView):
+        return policy.persons.get(event.actor, event.person)
     actor = policy.resolve_actor(event.actor)
     return actor.person if isinstance(actor, StaffMember) else event.person
 
@@ -195,16 +241,15 @@ class NeedToKnowDetector:
         self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
         # (actor, store, objects, action) -> True when such an event raises nothing: the
         # verdict depends on nothing else, and most events of a day repeat one of a few keys.
-        self._quiet: dict[tuple[str, str, tuple[str, ...], Action, bool], bool] = {}
+        # For privileged accounts it also depends on whether the statement is an aggregate
+        # (see _access), so their keys carry that too; nobody else pays the SQL look-up.
+        self._quiet: dict[tuple[Any, ...], bool] = {}
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        key = (
-            event.actor,
-            event.store,
-            event.objects,
-            event.action,
-            is_aggregate(event, self._policy.identifying),
-        )
+        policy = self._policy
+        key: tuple[Any, ...] = (event.actor, event.store, event.objects, event.action)
+        if event.actor in policy.privileged_accounts:
+            key = (*key, is_aggregate(event, policy.identifying))
         quiet = self._quiet.get(key)
         if quiet is None:
             quiet = self._is_quiet(event)

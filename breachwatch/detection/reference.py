@@ -177,6 +177,7 @@ class Holder(Generic[T]):
 
     def __init__(self, tables: Sequence[Table], build: Callable[[Sequence[Rows]], T]) -> None:
         self._tables = tuple(tables)
+        self.sources = tuple(str(getattr(t, "path", None) or getattr(t, "url", "")) for t in tables)
         self._build = build
         self._lock = threading.Lock()
         self.current: T = build([t.rows for t in self._tables])
@@ -196,11 +197,24 @@ class Holder(Generic[T]):
 
 class Refresher:
     """A daemon thread that calls ``refresh()`` on holders every ``interval`` seconds; it only
-    swaps indexes, so the pipeline never waits on a file or the network."""
+    swaps indexes, so the pipeline never waits on a file or the network.
 
-    def __init__(self, holders: Sequence[Holder[Any]], interval: float = 5.0) -> None:
+    A file is re-read when its size or mtime changed (one ``stat`` per file and round); an
+    HTTP source is polled on its own ``poll`` period, however often it is asked. ``report``
+    is told of each swap and of each new error (a failed reload keeps the previous index);
+    nothing a holder raises stops the thread.
+    """
+
+    def __init__(
+        self,
+        holders: Sequence[Holder[Any]],
+        interval: float = 5.0,
+        report: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._holders = tuple(holders)
         self._interval = interval
+        self._report = report or (lambda _kind, _detail: None)
+        self._errors: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reference-refresh", daemon=True)
 
@@ -213,7 +227,23 @@ class Refresher:
         if self._thread.is_alive():
             self._thread.join(timeout=self._interval + 1)
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def refresh_once(self) -> None:
+        """One round over every holder (what the thread does each ``interval``)."""
+        errors: set[str] = set()
+        for holder in self._holders:
+            try:
+                if holder.refresh():
+                    self._report("reloaded", ", ".join(getattr(holder, "sources", ())))
+            except Exception as exc:  # a table that parses but does not build (a bad date)
+                errors.add(f"{type(exc).__name__}: {exc}")
+            errors.update(holder.errors)
+        for error in sorted(errors - self._errors):
+            self._report("failed", error)
+        self._errors = errors
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            for holder in self._holders:
-                holder.refresh()
+            self.refresh_once()

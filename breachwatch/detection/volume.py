@@ -152,9 +152,11 @@ class DistinctSubjectsDetector:
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = _Window(newest=event.time)
-        window.newest = max(window.newest, event.time)
+        time = event.time
+        if time > window.newest:
+            window.newest = time
         horizon = window.newest - self._span
-        if event.time > horizon:
+        if time > horizon:
             sighting = _Sighting(event.time, event.store, event.position, event.objects)
             for subject in event.subjects:
                 window.add(subject, sighting)
@@ -263,25 +265,48 @@ class UnboundedReadDetector:
 
     def __init__(self, policy: Policy | PolicyView) -> None:
         self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
+        self._reads = self._policy.anomaly.unbounded_reads
+        # (rule, actor, person, store, objects, unbounded) -> (objects named, explanation), or
+        # None when nothing is said: both follow from the key and the policy alone, and a
+        # bulk reader repeats the same key thousands of times a day (bounded: keys are logged).
+        self._plans: dict[tuple[Any, ...], tuple[tuple[str, ...], str] | None] = {}
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        policy = self._policy
-        if event.action is Action.EXPORT:
+        action = event.action
+        if action is Action.EXPORT:
             rule = "anomaly.export"
-        elif event.action is Action.READ and event.unbounded and policy.anomaly.unbounded_reads:
+        elif action is Action.READ and event.unbounded and self._reads:
             rule = "anomaly.unbounded_read"
         else:
             return []
+        policy = self._policy
+        person = policy.person_of(event)
+        key = (rule, event.actor, person, event.store, event.objects, event.unbounded)
+        try:
+            plan = self._plans[key]
+        except KeyError:
+            plan = self._plan(rule, event, person)
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            self._plans[key] = plan
+        if plan is None:
+            return []
+        personal, text = plan
+        return [finding(policy, rule, event, text, person=person, objects=personal)]
+
+    def _plan(
+        self, rule: str, event: AccessEvent, person: str | None
+    ) -> tuple[tuple[str, ...], str] | None:
+        policy = self._policy
         personal = tuple(o for o in event.objects if policy.is_personal(event.store, o))
         if not personal:
-            return []
+            return None
         if rule == "anomaly.unbounded_read":
             roles = policy.roles_of(event.actor)
             # Lists are part of some jobs (a grant with ``bulk: true``): the policy's other
             # conditions (hours, purpose, registers) still judge them.
             if all(policy.bulk_allowed(roles, event.store, o, event.action) for o in personal):
-                return []
-        person = person_of(policy, event)
+                return None
         who = describe_actor(event, person)
         names = ", ".join(personal)
         kinds = ", ".join(policy.categories_of(event.store, personal))
@@ -293,4 +318,4 @@ class UnboundedReadDetector:
                 f"{who} read {names} ({kinds}) without a data-subject predicate or with a "
                 f"LIMIT above {policy.anomaly.limit_bound}: potentially every customer's data."
             )
-        return [finding(policy, rule, event, text, person=person, objects=personal)]
+        return personal, text

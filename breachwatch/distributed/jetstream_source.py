@@ -46,8 +46,12 @@ class StreamRecord:
     record: Record
 
     def msg_id(self) -> str:
-        """Deterministic: a re-publish after a shipper crash is dropped by JetStream."""
-        return f"{self.source}|{self.file_key}|{self.record.offset}"
+        """Deterministic: a re-publish after a shipper crash is dropped by JetStream. The end
+        offset is part of it: a record framed again with other lines after a restart (one
+        emitted early by the idle flush, then read whole) is another record, not a duplicate
+        to drop in favour of the partial one."""
+        record = self.record
+        return f"{self.source}|{self.file_key}|{record.offset}-{record.end_offset}"
 
     def encode(self) -> bytes:
         lines = [

@@ -34,7 +34,7 @@ from breachwatch.distributed.jetstream_source import StreamRecord, connect, ensu
 from breachwatch.distributed.partitions import partition_of, subject
 from breachwatch.errors import ParseFailure
 from breachwatch.events import Action
-from breachwatch.ingest import SourceIngest, _FileState
+from breachwatch.ingest import SourceIngest
 from breachwatch.parsers.base import Record
 from breachwatch.store.database import Database
 from breachwatch.store.schema import Base, Checkpoint
@@ -91,45 +91,17 @@ class ShipBatch:
 
 
 class ShipSource(SourceIngest):
-    """One source: the daemon's tailer, framers and checkpoint rules, without the pipeline."""
+    """One source: the daemon's tailer, framing and checkpoint rules (ingest.SourceIngest),
+    with publishing in place of the pipeline."""
 
     def collect(self, max_lines: int, keys: PartitionKeys) -> ShipBatch | None:
-        now = self._clock.now()
-        batch = ShipBatch(self.name)
-        framed: list[tuple[str, Record]] = []
-        for chunk in self.tailer.read(max_lines):
-            key = chunk.identity.key
-            state = self._files.get(key)
-            if state is None or chunk.reset:
-                start = chunk.lines[0] if chunk.lines else None
-                state = _FileState(
-                    chunk.identity,
-                    chunk.path,
-                    self.format.new_framer(chunk.path),
-                    start.offset if start else 0,
-                    (start.line_no - 1) if start else 0,
-                    now,
-                )
-                self._files[key] = state
-            state.identity, state.path = chunk.identity, chunk.path
-            for line in chunk.lines:
-                framed.extend((key, r) for r in state.framer.push(line))
-                batch.lines += 1
-            if chunk.lines:
-                state.done_offset = chunk.lines[-1].end_offset
-                state.done_line_no = chunk.lines[-1].line_no
-                state.last_line_at = now
-                batch.touched.add(key)
-        for key, state in self._files.items():
-            idle = now - state.last_line_at >= self._flush_after
-            if idle and state.framer.pending_offset() is not None:
-                framed.extend((key, r) for r in state.framer.flush())
-                batch.touched.add(key)
-        batch.finished = self._finished_files()
+        framed = self.frame(max_lines, self._clock.now())
+        batch = ShipBatch(self.name, framed.lines, touched=framed.touched)
+        batch.finished = self.finished_files()
         if not batch.touched and not batch.finished:
             return None
         fmt, name = self.format, self.name
-        for key, record in framed:
+        for key, record in framed.records:
             parsed = fmt.parse(record, name)  # only for the actor: the worker parses again
             partition = keys.of(
                 record,
@@ -142,17 +114,10 @@ class ShipSource(SourceIngest):
         return batch
 
     def commit(self, batch: ShipBatch, now: datetime) -> None:
+        """After JetStream acknowledged the whole batch: the positions move past it."""
         with self._db.transaction() as session:
-            for key in batch.touched:
-                if key in self._files:
-                    self._committed[key] = self._save_checkpoint(session, self._files[key], now)
-            for key in batch.finished:
-                row = session.get(Checkpoint, (self.name, key))
-                if row is not None:
-                    session.delete(row)
-        for key in batch.finished:
-            self._files.pop(key, None)
-            self._committed.pop(key, None)
+            self.save_positions(session, batch.touched, batch.finished, now)
+        self.forget(batch.finished)
 
 
 def shipper_db_url(config: DaemonConfig) -> str:

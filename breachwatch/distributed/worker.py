@@ -15,9 +15,10 @@ import contextlib
 import os
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -25,9 +26,10 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import SQLAlchemyError
 
 from breachwatch.clock import Clock
-from breachwatch.config import DaemonConfig, SourceConfig, load_config
-from breachwatch.daemon import Daemon, build_channel
-from breachwatch.detection.policy import Policy, load_policy
+from breachwatch.config import DaemonConfig, SourceConfig
+from breachwatch.daemon import REFERENCE_REFRESH, Daemon
+from breachwatch.detection.policy import Policy
+from breachwatch.detection.reference import Holder, Refresher
 from breachwatch.distributed.jetstream_source import (
     AsyncBridge,
     PartitionConsumer,
@@ -46,22 +48,15 @@ from breachwatch.distributed.partitions import (
     save_state,
 )
 from breachwatch.errors import BreachwatchError, ConfigError
-from breachwatch.incidents.deadlines import DeadlineKeeper
 from breachwatch.incidents.service import IncidentService
-from breachwatch.ingest import IngestReport
-from breachwatch.metrics.collector import StateCollector
-from breachwatch.metrics.registry import serve_metrics
-from breachwatch.notifications.outbox import OutboxWorker
-from breachwatch.notifications.wiring import build_directory, build_staff_channel
-from breachwatch.parsers.base import LogFormat, Record
+from breachwatch.ingest import IngestReport, process_files, quarantine
+from breachwatch.parsers.base import LogFormat
 from breachwatch.parsers.registry import build_format
 from breachwatch.pipeline import BatchResult, Pipeline
 from breachwatch.store.database import Database
-from breachwatch.store.schema import QuarantinedRecord
 
 log = structlog.get_logger("breachwatch.worker")
 
-QUARANTINE_TEXT_LIMIT = 4096
 FETCH_WAIT = 0.05  # seconds a fetch on an idle partition waits
 
 
@@ -245,20 +240,12 @@ class StreamWorker:
             with self.db.transaction() as session:
                 fence(session, self.worker_id, owned.lease)
                 out.recorded = self.incidents.record(session, out.batch.findings, now)
-                for record, failure in out.batch.failures:
-                    source = _source_of(record, fresh)
-                    session.add(
-                        QuarantinedRecord(
-                            source=source,
-                            path=record.path,
-                            offset=record.offset,
-                            line_no=record.line_no,
-                            reason=failure.reason,
-                            detail=failure.detail[:1000],
-                            text=record.text[:QUARANTINE_TEXT_LIMIT],
-                            at=now,
-                        )
-                    )
+                sources = {id(r.record): r.source for r in fresh}
+                quarantine(
+                    session,
+                    ((sources[id(r)], r, f) for r, f in out.batch.failures),
+                    now,
+                )
                 save_state(session, owned.lease.partition, last, owned.pipeline.snapshot())
         except BaseException:
             owned.pipeline.restore(before)  # keep memory equal to the store
@@ -279,72 +266,74 @@ class StreamWorker:
         return fmt
 
     def _run_pipeline(self, pipeline: Pipeline, records: list[StreamRecord]) -> BatchResult:
-        """As ingest.SourceIngest._process: per file, evidence named by the file identity."""
-        total = BatchResult()
-        for (source, fmt_name, key), group in groupby(
-            records, key=lambda r: (r.source, r.format, r.file_key)
-        ):
-            fmt = self._format(source, fmt_name)
-            batch = pipeline.process([r.record for r in group], fmt, source)
-            total.events += batch.events
-            total.failures.extend(batch.failures)
-            total.findings.extend(
-                replace(f, evidence=tuple(replace(p, file_id=key) for p in f.evidence))
-                for f in batch.findings
-            )
-            if batch.newest_event and (
-                total.newest_event is None or batch.newest_event > total.newest_event
-            ):
-                total.newest_event = batch.newest_event
-        return total
+        """As the daemon's ingest step (ingest.process_files): per file, in stream order."""
+        return process_files(
+            pipeline,
+            (
+                (key, self._format(source, fmt_name), source, [r.record for r in group])
+                for (source, fmt_name, key), group in groupby(
+                    records, key=lambda r: (r.source, r.format, r.file_key)
+                )
+            ),
+        )
 
 
-def _source_of(record: Record, fresh: list[StreamRecord]) -> str:
-    for item in fresh:
-        if item.record is record:
-            return item.source
-    return fresh[0].source
+class PartitionReferences:
+    """The reference tables (cases, registers) of every owned partition's pipeline, as one
+    holder for the daemon's Refresher thread: partitions come and go with the leases, so the
+    set is read at each round. Refreshing only swaps indexes, as in the single daemon."""
+
+    def __init__(self, pipelines: Callable[[], Iterable[Pipeline]]) -> None:
+        self._pipelines = pipelines
+
+    def _holders(self) -> list[Holder[Any]]:
+        return [h for p in self._pipelines() for h in p.reference_holders()]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(sorted({s for h in self._holders() for s in getattr(h, "sources", ())}))
+
+    @property
+    def errors(self) -> list[str]:
+        return sorted({e for h in self._holders() for e in h.errors})
+
+    def refresh(self) -> bool:
+        changed = False
+        for holder in self._holders():
+            changed = holder.refresh() or changed
+        return changed
 
 
 class DistributedDaemon(Daemon):
-    """The daemon with the stream worker in place of the tailed sources, and the deadline
-    scheduler gated by the leader lock."""
+    """The daemon (daemon.py: same start-up, notifications, scheduler, metrics, API and
+    shutdown) with the stream worker in place of the tailed sources, and the deadline
+    scheduler gated by the leader lock. Only the ingest hooks differ: the distributed mode
+    is configuration (``mode: jetstream``), not a second daemon."""
 
-    def start(self) -> None:
-        config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(config.state_dir, 0o700)
-        self.db = Database(config.db_url)
-        self.db.create_schema()
-        self.pipeline = Pipeline(load_policy(config.policy))
-        self.incidents = IncidentService(config)
+    def start_ingest(self) -> None:
+        # no tailed sources and no global detector state: each partition's state is loaded
+        # by whichever worker takes the partition (StreamWorker._take)
         self.sources = []
         self.worker = StreamWorker(
-            config, self.db, self.incidents, self.pipeline.policy, self.clock
+            self.config, self.db, self.incidents, self.pipeline.policy, self.clock
         )
         self.worker.start()
-        self.leader = LeaderLock(config.db_url)
-        self.channel = build_channel(config)
-        self.directory = build_directory(config.notifications, self.clock)
-        self.outbox = OutboxWorker(
-            self.db,
-            self.channel,
-            self.directory,
-            config.notifications,
-            self.clock,
-            observe=self.metrics.record_notice,
-            staff_channel=build_staff_channel(config.notifications),
-        )
-        self.deadlines = DeadlineKeeper(self.db, config, self.channel.name)
-        self._start_scheduler()
-        self.metrics.attach(StateCollector(self.snapshot, self.clock))
-        if config.metrics.enabled:
-            self._metrics_server = serve_metrics(
-                self.metrics, config.metrics.host, config.metrics.port
-            )
-        log.info("started", mode="jetstream", worker=self.worker.worker_id)
-        self._status_at = self.clock.now().timestamp()
-        self.notifier.ready(self.status_text(0.0))
+        self.leader = LeaderLock(self.config.db_url)
+
+    def reconcile_at_start(self) -> int:
+        return 0  # done by whoever becomes leader, when it does (run_deadlines)
+
+    def start_references(self) -> None:
+        # the tables the partitions' pipelines read, not those of self.pipeline (unused here)
+        self.stop_references()
+        if self.pipeline.reference_holders():
+            # Refresher only calls refresh() and reads errors (and sources): what this offers
+            worker = self.worker
+            # a copy of the owned partitions: the ingest thread changes the dict meanwhile
+            tables = PartitionReferences(lambda: [o.pipeline for o in list(worker.owned.values())])
+            holders = [cast("Holder[Any]", tables)]
+            self._refresher = Refresher(holders, REFERENCE_REFRESH, self._on_reference)
+            self._refresher.start()
 
     def run_deadlines(self) -> None:
         try:
@@ -361,6 +350,7 @@ class DistributedDaemon(Daemon):
             except Exception:
                 log.exception("reconcile_failed")
                 return
+            self.plan_wakeups()  # the dead leader's scheduled wake-ups died with it
         super().run_deadlines()
 
     def plan_wakeups(self) -> None:
@@ -387,26 +377,11 @@ class DistributedDaemon(Daemon):
     def healthy(self) -> bool:
         return bool(self.scheduler.running)
 
-    def reload(self) -> None:
-        self.notifier.reloading()
-        try:
-            config = load_config(self.config_path)
-            policy = load_policy(config.policy)
-        except BreachwatchError as exc:
-            self.metrics.record_reload_failure()
-            log.error("reload_refused", error=str(exc))
-            self.notifier.ready()
-            return
-        self.worker.reload_policy(policy)
-        self.notifier.ready()
-        log.info("reloaded", note="policy reloaded; stream changes need a restart")
+    def use_pipeline(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.worker.reload_policy(pipeline.policy)  # each partition keeps its own state
 
-    def shutdown(self) -> None:
-        self.notifier.stopping()
-        self.scheduler.shutdown(wait=True)
+    def stop_ingest(self) -> None:
+        # after the scheduler stopped: no tick runs once the leader lock is given back
         self.worker.close()
         self.leader.release()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-        self.db.dispose()
-        log.info("stopped")

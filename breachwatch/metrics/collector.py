@@ -1,16 +1,21 @@
 """Scrape-time gauges read from the daemon's state (the HTTP endpoint is in registry.py).
 
-The :class:`StateCollector` calls a ``snapshot`` callable at every scrape, so the numbers are
-as fresh as the store, and nothing has to remember to update a gauge. A snapshot that fails
-(store locked, corrupt, gone) must not break the scrape: the collector then exports only
-``breachwatch_state_up 0``, which is what an alert should watch.
+The :class:`StateCollector` calls a ``snapshot`` callable when scraped, so nothing has to
+remember to update a gauge. A snapshot costs a few store queries, and a scrape must stay cheap
+whoever polls (a dashboard, a benchmark polling every few ms): with ``max_age`` the snapshot is
+reused for that long, so the store is read at most once per ``max_age`` however often
+/metrics is scraped. Times relative to now (deadline, lag seconds) are still computed at each
+scrape. A snapshot that fails (store locked, corrupt, gone) must not break the scrape: the
+collector then exports only ``breachwatch_state_up 0``, which is what an alert should watch.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily
@@ -55,9 +60,40 @@ def _seconds_between(later: datetime, earlier: datetime) -> float:
 class StateCollector:
     """A prometheus_client collector; register it with :meth:`Metrics.attach`."""
 
-    def __init__(self, snapshot: Callable[[], StateSnapshot], clock: Clock) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], StateSnapshot],
+        clock: Clock,
+        *,
+        max_age: timedelta = timedelta(0),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._snapshot = snapshot
         self._clock = clock
+        # A monotonic timer, not the wall clock: a clock stepped back must not pin a stale
+        # snapshot, nor a step forward make every scrape query the store.
+        self._max_age = max_age.total_seconds()
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # concurrent scrapes share one snapshot query
+        self._cached: tuple[float, StateSnapshot | None] | None = None  # (taken at, snap)
+
+    def _current(self) -> StateSnapshot | None:
+        """The snapshot for this scrape, None when it failed (a failure is reused for
+        ``max_age`` too: a locked store is not hammered by every scrape)."""
+        with self._lock:
+            now = self._monotonic()
+            if self._cached is not None and now - self._cached[0] < self._max_age:
+                return self._cached[1]
+            snap: StateSnapshot | None
+            try:
+                snap = self._snapshot()
+            except Exception:
+                structlog.get_logger(__name__).warning(
+                    "metrics_state_snapshot_failed", exc_info=True
+                )
+                snap = None
+            self._cached = (now, snap)
+            return snap
 
     def describe(self) -> Iterator[Metric]:
         """The names this collector owns, so the registry can refuse duplicates
@@ -67,15 +103,17 @@ class StateCollector:
         yield _gauge("breachwatch_state_up", "")
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            snap = self._snapshot()
-            families = list(self._families(snap, self._clock.now()))
-        except Exception:
-            structlog.get_logger(__name__).warning("metrics_state_snapshot_failed", exc_info=True)
-            families = []
-            up = 0
-        else:
-            up = 1
+        snap = self._current()
+        families: list[Metric] = []
+        up = 0
+        if snap is not None:
+            try:
+                families = list(self._families(snap, self._clock.now()))
+                up = 1
+            except Exception:
+                structlog.get_logger(__name__).warning(
+                    "metrics_state_snapshot_failed", exc_info=True
+                )
         yield from families
         state_up = _gauge(
             "breachwatch_state_up", "1 when the state snapshot for this scrape could be read."

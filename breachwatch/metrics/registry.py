@@ -111,6 +111,17 @@ class Metrics:
             "restore); deadlines are unaffected but delayed actions fire later.",
             registry=r,
         )
+        self.reference_failures = Counter(
+            "breachwatch_reference_refresh_failures",
+            "Reference-table reloads (cases, registers) that failed with a new error: file "
+            "unreadable, HTTP API down or timing out. The previous table stays in force.",
+            registry=r,
+        )
+        self.reference_reloads = Counter(
+            "breachwatch_reference_reloads",
+            "Reference tables (cases, registers) reloaded because their source changed.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "breachwatch_build_info",
             "Always 1; the version label says which breachwatch is running.",
@@ -171,6 +182,16 @@ class Metrics:
 
     def record_clock_backward_jump(self) -> None:
         self.clock_backward_jumps.inc()
+
+    def record_reference(self, outcome: str) -> None:
+        """A reference refresh outcome as the Refresher reports it: ``reloaded`` or
+        ``failed`` (labels would be paths or URLs, so the log line names the table)."""
+        if outcome == "reloaded":
+            self.reference_reloads.inc()
+        elif outcome == "failed":
+            self.reference_failures.inc()
+        else:
+            raise ValueError(f"reference outcome must be reloaded or failed: {outcome!r}")
 
     def attach(self, collector: Collector) -> None:
         """Register a scrape-time collector (e.g. the state collector) on this registry."""

@@ -39,7 +39,8 @@ class MailFolderChannel:
         try:
             for path in (directory, directory / "tmp", directory / "new", directory / "cur"):
                 if not path.is_dir():
-                    path.mkdir(mode=0o700, parents=True)
+                    # exist_ok: two workers sharing a state directory may start together
+                    path.mkdir(mode=0o700, parents=True, exist_ok=True)
                     os.chmod(path, 0o700)  # mkdir's mode is narrowed by the umask, not set
         except OSError as err:
             raise ConfigError(str(directory), "", f"a writable directory ({err.strerror})") from err

@@ -11,6 +11,7 @@ end of the last line read, is the position that may be committed as done.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,3 +88,18 @@ class LogFormat(Protocol):
     def new_framer(self, path: str) -> Framer: ...
 
     def parse(self, record: Record, store: str) -> ParseResult: ...
+
+
+def push_lines(framer: Framer, lines: Sequence[Line]) -> list[Record]:
+    """The records ``lines`` complete, in order: the framer's own ``push_many`` when it has one
+    (one call per batch instead of one per line, the replay's and the tailer's hot path),
+    else :meth:`Framer.push` line by line."""
+    push_many = getattr(framer, "push_many", None)
+    if push_many is not None:
+        records: list[Record] = push_many(lines)
+        return records
+    out: list[Record] = []
+    push = framer.push
+    for line in lines:
+        out.extend(push(line))
+    return out

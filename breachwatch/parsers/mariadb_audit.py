@@ -36,6 +36,10 @@ _KIND_ACTIONS = {
 }
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "'": "'", "\\": "\\", "0": "\0"}
 MAX_HELD_LINES = 10_000  # TABLE lines waiting for their QUERY, over all connections
+# Statements that open tables without reading or changing a row. server_audit still writes a
+# READ/WRITE TABLE event for each table they lock (mariadb-dump's ``LOCK TABLES `accounts`
+# READ``), so the TABLE events alone would make them look like reads of the whole table.
+NO_ROW_COMMANDS = frozenset({"LOCK", "UNLOCK", "FLUSH"})
 
 
 class MariaAuditFramer:
@@ -201,6 +205,8 @@ class MariaAuditFormat:
         elif shape.export:
             action = Action.EXPORT
             base.tags.add("into_outfile")
+        elif shape.command in NO_ROW_COMMANDS:
+            action = Action.OTHER
         else:
             action = _KIND_ACTIONS.get(shape.kind) or _table_action(tables)
         return [

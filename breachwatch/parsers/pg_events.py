@@ -20,6 +20,7 @@ from breachwatch.errors import ParseFailure
 from breachwatch.events import AccessEvent, Action, SourcePosition
 from breachwatch.parsers.pg_prefix import resolve_time
 from breachwatch.sql.analyze import analyze
+from breachwatch.sql.enrich import EventEnricher
 
 UNKNOWN = "[unknown]"
 _DENIED_RE = re.compile(
@@ -108,6 +109,7 @@ class TimeCache:
     def __init__(self, zone: tzinfo) -> None:
         self._zone = zone
         self._cache: dict[str, datetime] = {}
+        self.get = self._cache.get  # the cached time or None (the cache is cleared, not replaced)
 
     def __call__(self, text: str) -> datetime:
         found = self._cache.get(text)
@@ -255,6 +257,18 @@ def _template(
     return found
 
 
+def _last_field(raw: str) -> str | None:
+    """The parameter field as the fast path cut it, unquoted as :func:`_audit_fields` does;
+    None when it is not one whole CSV field (the general path then decides)."""
+    if '"' not in raw:
+        return raw
+    if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+        inner = raw[1:-1]
+        if '"' not in inner.replace('""', ""):
+            return inner.replace('""', '"')
+    return None
+
+
 def audit_payload_event(
     payload: str,
     time: datetime,
@@ -266,26 +280,80 @@ def audit_payload_event(
     session: str | None,
     position: SourcePosition,
     record_tags: tuple[str, ...],
+    enricher: EventEnricher | None = None,
 ) -> AccessEvent:
-    """The event of one AUDIT payload (what follows ``AUDIT: ``), built in one construction."""
-    # Fast path: the payload cut at its first three commas and its last one. The part from
-    # the class to the end of the statement is looked up among those already parsed, which
-    # also tells that the statement ended at that last comma; the parameters follow it.
+    """The event of one AUDIT payload (what follows ``AUDIT: ``), built in one construction;
+    with ``enricher``, already enriched (what ``enricher.enrich`` of the plain event gives)."""
+    # Fast path: the payload cut at its first three commas and where its last field starts
+    # (the last comma, or the last ',"' when that field is quoted: parameters with a comma
+    # such as "130,3768"). The part from the class to the end of the statement is looked up
+    # among those already parsed, which also tells that the statement ended at that cut;
+    # the parameters follow it.
     i1 = payload.find(",")
     i2 = payload.find(",", i1 + 1)
     i3 = payload.find(",", i2 + 1)
-    k = payload.rfind(",")
+    k = payload.rfind(',"') if payload.endswith('"') else payload.rfind(",")
+    tpl = None
     if 0 < i1 < i2 < i3 < k:
-        known_tpl = _FAST.get((payload[:i1], payload[i3 + 1 : k]))
-        if known_tpl is not None:
+        tpl = _FAST.get((payload[:i1], payload[i3 + 1 : k]))
+        if tpl is not None:
             stmt_id, substmt_id = payload[i1 + 1 : i2], payload[i2 + 1 : i3]
-            raw = payload[k + 1 :]
-            if stmt_id.isdigit() and substmt_id.isdigit() and '"' not in raw:
+            last = payload[k + 1 :]
+            raw = last if last == "<none>" else _last_field(last)
+            if raw is None or not stmt_id.isdigit() or not substmt_id.isdigit():
+                tpl = None
+            elif raw == "<none>":  # most statements: no parameters, nothing to decode
+                params: tuple[str, ...] = ()
+                logged = True
+            else:
                 params, logged = decode_parameters(raw)
-                return _build(
-                    known_tpl, stmt_id, substmt_id, params, logged, time, store, user,
-                    database, application, client, session, position, record_tags,
-                )  # fmt: skip
+    if tpl is None:
+        tpl, stmt_id, substmt_id, params, logged = _general_fields(
+            payload, record_tags, i1, i2, i3, k
+        )
+    # Built here rather than in a helper: this runs once per log line.
+    action, objects, command_or_none, statement_or_none, base_tags = tpl
+    tag_key = (base_tags, stmt_id, substmt_id, logged, record_tags)
+    tags = _TAGS.get(tag_key)
+    if tags is None:
+        tags = frozenset(
+            (
+                *record_tags,
+                *base_tags,
+                "stmt:" + stmt_id,
+                "substmt:" + substmt_id,
+                *(() if logged else ("parameters_not_logged",)),
+            )
+        )
+        if len(_TAGS) >= _TEMPLATE_LIMIT:
+            _TAGS.clear()
+        _TAGS[tag_key] = tags
+    actor = user or ""
+    if enricher is None:
+        return AccessEvent(
+            time, store, actor, action, position, objects, (), (), None, client, application,
+            database, session, command_or_none, statement_or_none, params, False, None, tags,
+        )  # fmt: skip
+    # Enriched in the same construction: what the general path's second build would set.
+    subjects: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    unbounded = False
+    if statement_or_none:
+        action, subjects, columns, unbounded = enricher.sql.sql_fields(
+            action, objects, statement_or_none, params
+        )
+    return AccessEvent(
+        time, store, actor, action, position, objects, subjects, columns,
+        enricher.person_of(actor), client, application, database, session, command_or_none,
+        statement_or_none, params, unbounded, None, tags,
+    )  # fmt: skip
+
+
+def _general_fields(
+    payload: str, record_tags: tuple[str, ...], i1: int, i2: int, i3: int, k: int
+) -> tuple[_Template, str, str, tuple[str, ...], bool]:
+    """(template, statement id, substatement id, parameters, parameters logged) of a payload
+    the fast path does not know, read field by field; teaches the fast path its template."""
     fields = _audit_fields(payload)
     plain = fields is not None
     if fields is None:
@@ -303,75 +371,17 @@ def audit_payload_event(
         plain
         and k > i3 > 0
         and n == 9
-        and payload[k + 1 :] == fields[8]
+        and _last_field(payload[k + 1 :]) == fields[8]
         and payload[:i1] == audit_type
         and payload[i1 + 1 : i2] == stmt_id
         and payload[i2 + 1 : i3] == substmt_id
     ):
-        # The statement ended at the last comma and the fields before it were cut where the
-        # fast path cuts them: the part in between stands for this template from now on.
+        # The statement ended at the fast path's cut and the fields before it were cut where
+        # the fast path cuts them: the part in between stands for this template from now on.
         if len(_FAST) >= _TEMPLATE_LIMIT:
             _FAST.clear()
         _FAST[(audit_type, payload[i3 + 1 : k])] = tpl
-    return _build(
-        tpl, stmt_id, substmt_id, params, logged, time, store, user, database, application,
-        client, session, position, record_tags,
-    )  # fmt: skip
-
-
-def _build(
-    tpl: _Template,
-    stmt_id: str,
-    substmt_id: str,
-    params: tuple[str, ...],
-    logged: bool,
-    time: datetime,
-    store: str,
-    user: str | None,
-    database: str | None,
-    application: str | None,
-    client: str | None,
-    session: str | None,
-    position: SourcePosition,
-    record_tags: tuple[str, ...],
-) -> AccessEvent:
-    action, objects, command_or_none, statement_or_none, base_tags = tpl
-    tag_key = (base_tags, stmt_id, substmt_id, logged, record_tags)
-    tags = _TAGS.get(tag_key)
-    if tags is None:
-        tags = frozenset(
-            (
-                *record_tags,
-                *base_tags,
-                "stmt:" + stmt_id,
-                "substmt:" + substmt_id,
-                *(() if logged else ("parameters_not_logged",)),
-            )
-        )
-        if len(_TAGS) >= _TEMPLATE_LIMIT:
-            _TAGS.clear()
-        _TAGS[tag_key] = tags
-    return AccessEvent(
-        time,
-        store,
-        user or "",
-        action,
-        position,
-        objects,
-        (),
-        (),
-        None,
-        client,
-        application,
-        database,
-        session,
-        command_or_none,
-        statement_or_none,
-        params,
-        False,
-        None,
-        tags,
-    )
+    return tpl, stmt_id, substmt_id, params, logged
 
 
 def audit_event(info: PgRecordInfo, payload: str) -> AccessEvent:

@@ -26,6 +26,7 @@ from breachwatch.parsers.pg_events import (
     split_csv,
 )
 from breachwatch.parsers.pg_prefix import _TIMESTAMP, PrefixPattern, compile_prefix, load_zone
+from breachwatch.sql.enrich import EventEnricher
 
 __all__ = ["PgStderrFramer", "PgauditStderrFormat", "decode_parameters", "split_csv"]
 
@@ -91,6 +92,9 @@ class _PrefixSplitter:
         self._fast = pattern.source.startswith(("%m ", "%t "))
         self._time_ok = _TIME_RE.fullmatch
         self._heads: dict[str, _Head] = {}
+        # the last time stamp the time pattern accepted: a busy server writes a dozen lines
+        # per millisecond, so most lines repeat it and skip the pattern
+        self._last_time = ""
 
     def __call__(self, text: str) -> _Prefixed | None:
         if self._fast:
@@ -100,8 +104,13 @@ class _PrefixSplitter:
                 sp = text.find(" ", sp + 1) if sp > 0 else -1
                 if 0 < sp < j:
                     head = self._heads.get(text[sp : j + 3])
-                    if head is not None and self._time_ok(text, 0, sp) is not None:
-                        return head, text[:sp], text[j + 3 :]
+                    if head is not None:
+                        time = text[:sp]
+                        if time == self._last_time:
+                            return head, time, text[j + 3 :]
+                        if self._time_ok(time) is not None:
+                            self._last_time = time
+                            return head, time, text[j + 3 :]
         m = self._match(text)
         if m is None:
             return None
@@ -229,6 +238,7 @@ class PgauditStderrFormat:
         self.name = "pgaudit_stderr"
         self._pattern = compile_prefix(log_line_prefix)
         self._time = TimeCache(load_zone(timezone))
+        self._time_get = self._time.get  # a cache hit without a Python-level call
         self._split = _PrefixSplitter(self._pattern)
 
     def new_framer(self, path: str) -> PgStderrFramer:
@@ -260,34 +270,63 @@ class PgauditStderrFormat:
                 raise ParseFailure("bad_prefix", line.text[:120])
         return [(m, "\n".join(parts)) for m, parts in out]
 
-    def _parse(self, record: Record, store: str) -> list[AccessEvent]:
+    def parse_enriched(self, record: Record, store: str, enricher: EventEnricher) -> ParseResult:
+        """:meth:`parse` with every event passed through ``enricher.enrich``; the usual record,
+        one clean AUDIT line, is built once, already enriched, instead of twice."""
+        try:
+            event = self._audit_line(record, store, enricher)
+            if event is not None:
+                return [event]
+            events = self._general(record, store)
+        except ParseFailure as failure:
+            return failure
+        enrich = enricher.enrich
+        return [enrich(e) for e in events]
+
+    def _audit_line(
+        self, record: Record, store: str, enricher: EventEnricher | None
+    ) -> AccessEvent | None:
+        """The event of a record that is one clean, framed AUDIT line, without detours; None
+        for every other record."""
+        if type(record) is not _MatchedRecord:
+            return None
         lines = record.lines
         first = lines[0]
-        if len(lines) == 1 and not first.truncated and not first.decode_errors:
-            # The usual record: one clean line; an AUDIT line is built without detours.
-            m = record.matches[0] if isinstance(record, _MatchedRecord) else None
-            if m is not None:
-                head, time, message = m
-                if head.severity == "LOG" and message.startswith("AUDIT: "):
-                    return [
-                        audit_payload_event(
-                            message[7:],
-                            self._time(time),
-                            store,
-                            head.user,
-                            head.database,
-                            head.application,
-                            head.client,
-                            head.session,
-                            SourcePosition(
-                                record.path,
-                                first.offset,
-                                first.line_no,
-                                first.end_offset - first.offset,
-                            ),
-                            head.tags,
-                        )
-                    ]
+        if len(lines) != 1 or first.truncated or first.decode_errors:
+            return None
+        m = record.matches[0]
+        if m is None:
+            return None
+        head, time, message = m
+        if head.severity != "LOG" or not message.startswith("AUDIT: "):
+            return None
+        when = self._time_get(time)
+        if when is None:
+            when = self._time(time)
+        offset = first.offset
+        return audit_payload_event(
+            message[7:],
+            when,
+            store,
+            head.user,
+            head.database,
+            head.application,
+            head.client,
+            head.session,
+            SourcePosition(record.path, offset, first.line_no, first.end_offset - offset),
+            head.tags,
+            enricher,
+        )
+
+    def _parse(self, record: Record, store: str) -> list[AccessEvent]:
+        event = self._audit_line(record, store, None)
+        if event is not None:
+            return [event]
+        return self._general(record, store)
+
+    def _general(self, record: Record, store: str) -> list[AccessEvent]:
+        lines = record.lines
+        first = lines[0]
         segments = self._segments(record)
         (head, time, _), message = segments[0]
         extra = {m[0].severity: text for m, text in segments[1:]} if segments[1:] else {}

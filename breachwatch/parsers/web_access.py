@@ -3,8 +3,10 @@
 ``$remote_user`` is the actor, also on 401 (the attempted name, gotcha 24: ``login_failed``) and
 403 (``denied``). Configured routes turn the path into an object and a data subject; the Referer
 path is kept as a tag (``referer:/panel/cases/8401``), because only there does the case that led
-to a customer page show. Exports: a path containing one of ``export_paths``, or a query
-parameter from ``export_query`` (``?format=csv``, ``?export=1``).
+to a customer page show; the request's own path too (``path:``), so that a later request can be
+related to the page it came from (routes with ``subject: referer``, detection/navigation.py).
+Exports: a path containing one of ``export_paths``, or a query parameter from ``export_query``
+(``?format=csv``, ``?export=1``).
 """
 
 from __future__ import annotations
@@ -177,12 +179,19 @@ class WebAccessFormat:
         query = parse_qsl(raw_query, keep_blank_values=True, errors="replace")
         params = dict(query)
         match = self._routes.match(method, path, params)
+        # path: the page, so that a later request whose Referer names it can be related to it
         tags = {f"status:{status}", f"route:{match.pattern}" if match else "route:none"}
+        tags.add(f"path:{path}")
         if match is not None:
             tags.update(f"{name}:{value}" for name, value in match.placeholders)
+            if match.from_referer:
+                tags.add("subject:referer")  # detection/navigation.py
         referer = f.get("referer", "")
         if referer not in _NONE:
-            tags.add("referer:" + normalize_path(_split(referer)[0]))
+            page = normalize_path(_split(referer)[0])
+            tags.add("referer:" + page)
+            if match is not None and match.from_referer:
+                tags.update(self._referer_tags(page, _split(referer)[1]))
         if record.lines[0].truncated:
             tags.add("truncated")
         if record.lines[0].decode_errors:
@@ -216,6 +225,18 @@ class WebAccessFormat:
                 tags=frozenset(tags),
             )
         ]
+
+    def _referer_tags(self, page: str, query: str) -> set[str]:
+        """What the route of the page a request came from names: ``referer_subject:N`` and
+        ``referer_<placeholder>:V`` (``referer_case_id:8306``), for routes with
+        ``subject: referer`` whose Referer page is not in the log itself."""
+        match = self._routes.match("GET", page, dict(parse_qsl(query, errors="replace")))
+        if match is None or match.from_referer:
+            return set()
+        tags = {f"referer_{name}:{value}" for name, value in match.placeholders}
+        if match.subject:
+            tags.add(f"referer_subject:{match.subject}")
+        return tags
 
     def _is_export(self, path: str, query: list[tuple[str, str]]) -> bool:
         lower = path.lower()

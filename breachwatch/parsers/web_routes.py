@@ -3,7 +3,9 @@
 A route is ``{pattern: "/panel/clients/{customer_id:int}", object: "panel.clients"}`` with
 optional ``action`` (default from the method: GET/HEAD read, POST/PUT/PATCH write, DELETE
 delete), ``methods`` (the route applies only to these) and ``subject`` (the placeholder or query
-parameter that names the data subject; default ``customer_id``). Placeholders ``{name}`` match
+parameter that names the data subject; default ``customer_id``; ``referer``: the page names
+none itself and is about the customer of the page it was opened from, see
+detection/navigation.py). Placeholders ``{name}`` match
 one path segment, ``{name:int}`` digits, ``{name:path}`` the rest; ``*`` one segment, ``**``
 anything. The first route that matches wins.
 """
@@ -30,6 +32,7 @@ _METHOD_ACTIONS = {
     "DELETE": Action.DELETE,
 }
 _ROUTE_KEYS = frozenset({"pattern", "object", "action", "methods", "subject"})
+REFERER = "referer"  # ``subject: referer``
 
 
 def method_action(method: str) -> Action:
@@ -56,6 +59,7 @@ class Match:
     subject: str | None
     placeholders: tuple[tuple[str, str], ...]  # the other placeholders, (name, value)
     pattern: str
+    from_referer: bool = False  # ``subject: referer``
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,8 @@ class Route:
         if m is None:
             return None
         values = {k: v for k, v in m.groupdict().items() if v is not None}
+        if self.subject == REFERER:
+            return Match(self.object, self.action, None, tuple(values.items()), self.pattern, True)
         subject = values.pop(self.subject, None) or query.get(self.subject) or None
         return Match(self.object, self.action, subject, tuple(values.items()), self.pattern)
 

@@ -3,6 +3,7 @@ from plain or gzip-compressed files."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,22 +57,17 @@ def read_line_batches(path: Path, max_line_bytes: int = 64 * 1024) -> Iterator[l
     line_no = 0
     with _open(path) as stream:
         for raws, has_cr, last in _blocks(stream):
-            out: list[Line] = []
-            append = out.append
-            for body in raws:
-                line_no += 1
-                end = offset + len(body) + 1
-                if has_cr and body.endswith(b"\r"):
-                    body = body[:-1]
-                truncated = len(body) > max_line_bytes
-                if truncated:
-                    body = body[:max_line_bytes]
+            if gc.isenabled():
+                # A block makes thousands of Line objects and no reference cycle; every 700
+                # of them would start a collection that walks the young objects (and now and
+                # then the whole heap). Re-enabled before the block is handed on.
+                gc.disable()
                 try:
-                    append(Line(body.decode("utf-8"), offset, end, line_no, truncated, False))
-                except UnicodeDecodeError:
-                    text = body.decode("utf-8", errors="replace")
-                    append(Line(text, offset, end, line_no, truncated, True))
-                offset = end
+                    out, offset, line_no = _lines(raws, has_cr, offset, line_no, max_line_bytes)
+                finally:
+                    gc.enable()
+            else:
+                out, offset, line_no = _lines(raws, has_cr, offset, line_no, max_line_bytes)
             if last and out:
                 # the file's final line has no newline: its end is the end of its bytes
                 final = out[-1]
@@ -87,6 +83,29 @@ def read_line_batches(path: Path, max_line_bytes: int = 64 * 1024) -> Iterator[l
                 offset = end
             if out:
                 yield out
+
+
+def _lines(
+    raws: list[bytes], has_cr: bool, offset: int, line_no: int, max_line_bytes: int
+) -> tuple[list[Line], int, int]:
+    """The Line values of one block, and the offset and line number after it."""
+    out: list[Line] = []
+    append = out.append
+    for body in raws:
+        line_no += 1
+        end = offset + len(body) + 1
+        if has_cr and body.endswith(b"\r"):
+            body = body[:-1]
+        truncated = len(body) > max_line_bytes
+        if truncated:
+            body = body[:max_line_bytes]
+        try:
+            append(Line(body.decode("utf-8"), offset, end, line_no, truncated, False))
+        except UnicodeDecodeError:
+            text = body.decode("utf-8", errors="replace")
+            append(Line(text, offset, end, line_no, truncated, True))
+        offset = end
+    return out, offset, line_no
 
 
 def read_lines(path: Path, max_line_bytes: int = 64 * 1024) -> Iterator[Line]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from breachwatch.events import AccessEvent, Action
 from breachwatch.sql.analyze import analyze
@@ -96,18 +96,15 @@ class SqlEnricher:
     def __call__(self, event: AccessEvent) -> AccessEvent:
         return self.enrich(event, event.person)
 
-    def enrich(self, event: AccessEvent, person: str | None) -> AccessEvent:
-        """The enriched event, with ``person`` set too (the pipeline resolves it first, so
-        that each event is rebuilt once, not once per enrichment step)."""
-        statement = event.statement
-        if not statement:
-            if person == event.person:
-                return event
-            return rebuild(
-                event, event.action, event.subjects, event.columns, event.unbounded, person
-            )
-        objects = event.objects
-        action = event.action
+    def sql_fields(
+        self,
+        action: Action,
+        objects: tuple[str, ...],
+        statement: str,
+        parameters: tuple[str, ...],
+    ) -> tuple[Action, tuple[str, ...], tuple[str, ...], bool]:
+        """(action, subjects, columns, unbounded) that ``statement`` gives an event which has
+        none of its own; parsers that build enriched events in one go call this directly."""
         row_action = action in _ROW_ACTIONS
         if len(objects) <= 1:  # the usual case: pgaudit writes one line per relation
             key = (statement, objects[0] if objects else None)
@@ -118,32 +115,47 @@ class SqlEnricher:
             if refs is _NO_REFS:
                 found: tuple[str, ...] = ()
             elif not refs[0] and len(refs[1]) == 1:  # one parameter holds the subject
-                n, parameters = refs[1][0], event.parameters
+                n = refs[1][0]
                 raw = parameters[n - 1] if 1 <= n <= len(parameters) else ""
                 if raw[:1] == "{" and raw[-1:] == "}":
                     found = bind_parameters(refs, parameters)
                 else:
                     found = (raw,) if raw else ()
             else:
-                found = bind_parameters(refs, event.parameters)
-            unbounded = event.unbounded or (obj_unbounded and row_action)
+                found = bind_parameters(refs, parameters)
+            unbounded = obj_unbounded and row_action
         else:
             subjects: list[str] = []
-            unbounded = event.unbounded
+            unbounded = False
             export, columns = False, ()
             for obj in objects:
                 refs, obj_unbounded, export, columns = self._plan(statement, obj)
-                subjects.extend(bind_parameters(refs, event.parameters))
+                subjects.extend(bind_parameters(refs, parameters))
                 unbounded = unbounded or (obj_unbounded and row_action)
             found = tuple(subjects)
-        if event.subjects:
-            found = tuple(dict.fromkeys((*event.subjects, *found)))
-        elif len(found) > 1:
+        if len(found) > 1:
             found = tuple(dict.fromkeys(found))
-        if event.columns:
-            columns = tuple(dict.fromkeys((*event.columns, *columns)))
         if export and action is Action.READ:
             action = Action.EXPORT
+        return action, found, columns, unbounded
+
+    def enrich(self, event: AccessEvent, person: str | None) -> AccessEvent:
+        """The enriched event, with ``person`` set too (the pipeline resolves it first, so
+        that each event is rebuilt once, not once per enrichment step)."""
+        statement = event.statement
+        if not statement:
+            if person == event.person:
+                return event
+            return rebuild(
+                event, event.action, event.subjects, event.columns, event.unbounded, person
+            )
+        action, found, columns, unbounded = self.sql_fields(
+            event.action, event.objects, statement, event.parameters
+        )
+        if event.subjects:
+            found = tuple(dict.fromkeys((*event.subjects, *found)))
+        if event.columns:
+            columns = tuple(dict.fromkeys((*event.columns, *columns)))
         e = event
         return AccessEvent(
             e.time,
@@ -151,7 +163,7 @@ class SqlEnricher:
             e.actor,
             action,
             e.position,
-            objects,
+            e.objects,
             found,
             columns,
             person,
@@ -162,7 +174,23 @@ class SqlEnricher:
             e.command,
             statement,
             e.parameters,
-            unbounded,
+            e.unbounded or unbounded,
             e.detail,
             e.tags,
         )
+
+
+class EventEnricher:
+    """A pipeline's enrichment (the actor's person, then what the SQL says) as one object, for
+    parsers that build each event already enriched instead of building it twice."""
+
+    __slots__ = ("person_of", "sql")
+
+    def __init__(self, sql: SqlEnricher, person_of: Callable[[str], str | None]) -> None:
+        self.sql = sql
+        self.person_of = person_of  # the staff member an account belongs to, else None
+
+    def enrich(self, event: AccessEvent) -> AccessEvent:
+        """The general path: enrich an event built by a plain ``parse``."""
+        person = self.person_of(event.actor)
+        return self.sql.enrich(event, event.person if person is None else person)
