@@ -5,51 +5,24 @@ carried over a kill -9 by the ingest transaction."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
+from tests.casework import HELPDESK_POLICY, write_cases
 from tests.daemon_harness import DaemonProcess, append, audit_read, pg_line, wait_for, write_config
 
-POLICY = """version: 1
-staff:
-  - {person: yasmine, accounts: [yasmine_helpdesk], roles: [helpdesk], team: helpdesk}
-data_map:
-  - {object: clients.accounts, categories: [identity], subject_column: id}
-  - {object: helpdesk.cases, categories: [support], subject_column: account_id}
-casework:
-  source: {file: cases.csv}
-  objects: [helpdesk.cases]
-grants:
-  - {role: helpdesk, objects: [clients.accounts], actions: [read, write], ticket: true,
-     max_subjects: {window: 1h, threshold: 5}}
-  - {role: helpdesk, objects: [helpdesk.cases], actions: [read, write], bulk: true}
-"""
-HEADER = "case_id,account_id,assignee,status,opened_at,closed_at\n"
-OPEN = "2026-11-29 09:00:00+01"
 CONDITION_RULES = ("ntk.no_open_case", "ntk.subject_limit")
 
 
 def _setup(tmp: Path, cases: dict[int, int]) -> tuple[Path, Path]:
-    (tmp / "policy.yml").write_text(POLICY, encoding="utf-8")
-    _write_cases(tmp, cases)
+    (tmp / "policy.yml").write_text(HELPDESK_POLICY, encoding="utf-8")
+    write_cases(tmp, cases)
     config = write_config(tmp, smtp_port=None, hold="1h", extra={"policy": str(tmp / "policy.yml")})
     log = tmp / "logs" / "postgresql.log"
     log.write_text("")
     return config, log
-
-
-def _write_cases(tmp: Path, cases: dict[int, int]) -> None:
-    """case id -> customer, all open and assigned to yasmine; written by rename, as an export
-    job does, with a new mtime even within the same second."""
-    rows = "".join(f"{c},{s},yasmine_helpdesk,open,{OPEN},\n" for c, s in cases.items())
-    part = tmp / "cases.csv.part"
-    part.write_text(HEADER + rows, encoding="utf-8")
-    stamp = time.time_ns() + len(rows)
-    os.utime(part, ns=(stamp, stamp))
-    part.replace(tmp / "cases.csv")
 
 
 def _read(second: int, customer: int) -> str:
@@ -103,7 +76,7 @@ def test_reference_file_changed_under_the_running_daemon(tmp_path: Path) -> None
         append(log, _read(1, 100))  # line 1: no case for customer 100 yet
         wait_for(lambda: _findings(db) == [("ntk.no_open_case", 1)] or None, 30, "finding", daemon)
 
-        _write_cases(tmp_path, {11: 201, 12: 100})  # the helpdesk opens a case for 100
+        write_cases(tmp_path, {11: 201, 12: 100})  # the helpdesk opens a case for 100
         wait_for(lambda: out.read_text().count("reference_reloaded") >= 1 or None, 30, "reload")
         append(log, _read(2, 100) + _read(3, 999))  # line 2 is now case work; 3 is not
         wait_for(lambda: ("ntk.no_open_case", 3) in _findings(db) or None, 30, "line 3", daemon)
@@ -113,7 +86,7 @@ def test_reference_file_changed_under_the_running_daemon(tmp_path: Path) -> None
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: '"reloaded"' in out.read_text() or None, 30, "SIGHUP reload", daemon)
-        _write_cases(tmp_path, {11: 201})  # case 12 withdrawn from the export
+        write_cases(tmp_path, {11: 201})  # case 12 withdrawn from the export
         wait_for(lambda: out.read_text().count("reference_reloaded") >= 2 or None, 30, "reload 2")
         append(log, _read(4, 100))
         wait_for(lambda: ("ntk.no_open_case", 4) in _findings(db) or None, 30, "line 4", daemon)

@@ -5,7 +5,6 @@ change a verdict (policy, reference tables) are exercised."""
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,35 +23,30 @@ from breachwatch.events import AccessEvent, Action, SourcePosition
 from breachwatch.pipeline import Pipeline
 from tests.anomaly_samples import make_policy, raw_events, run, seeded, shifted
 from tests.conftest import REPO, SAMPLES
+from tests.webhost_policy import write_webhost_policy
 
 pytestmark = pytest.mark.usefixtures("samples_dir")
 
 DAYSHIFT = SAMPLES / "pgaudit_workload_dayshift"
-REFERENCES = {
-    "cases": "reference_cases_before_workload.csv",
-    "processing_restrictions": "reference_processing_restrictions.csv",
-    "marketing_optouts": "reference_marketing_optouts.csv",
-    "erasures": "reference_erasures.csv",
-    "contracts": "reference_contracts.csv",
-}
 
 
 def _seen(findings: list[Finding]) -> list[tuple[str, str, tuple[str, ...], str]]:
     return [(f.rule, f.key, f.subjects, f.explanation) for f in findings]
 
 
-def _webhost_policy(tmp: Path, *, hours: bool = True) -> Path:
-    """The example policy (cases, hours, registers, transfers) with the sample's exports."""
-    data = yaml.safe_load((REPO / "config" / "examples" / "webhost-policy.yml").read_text())
-    if not hours:
-        for grant in data["grants"]:
-            grant.pop("hours", None)
-    (tmp / "reference").mkdir(exist_ok=True)
-    for name, export in REFERENCES.items():
-        shutil.copy(DAYSHIFT / export, tmp / "reference" / f"{name}.csv")
-    path = tmp / "webhost-policy.yml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
+def _lena_reads_bills(time: datetime) -> AccessEvent:
+    """The finance clerk reads the bills table, no subject named: a grant of the example
+    policy whose conditions are planned."""
+    return AccessEvent(
+        time=time,
+        store="pg",
+        actor="lena_accounts",
+        action=Action.READ,
+        position=SourcePosition("postgresql.log", 0, 1),
+        objects=("finance.bills",),
+        application="pgAdmin 4",
+        client="127.0.0.1",
+    )
 
 
 @pytest.mark.parametrize("policy_name", ["config", "webhost", "webhost-nohours"])
@@ -62,7 +56,7 @@ def test_condition_plans_give_the_findings_of_the_full_path(
     if policy_name == "config":
         path = REPO / "config" / "policy.yml"
     else:
-        path = _webhost_policy(tmp_path, hours=policy_name == "webhost")
+        path = write_webhost_policy(tmp_path, DAYSHIFT, hours=policy_name == "webhost")
     planned, full = Pipeline(load_policy(path)), Pipeline(load_policy(path))
     full._conditions.use_plans = False
     events = raw_events()
@@ -75,19 +69,9 @@ def test_condition_plans_give_the_findings_of_the_full_path(
 
 
 def test_a_policy_reload_gives_the_new_verdict(tmp_path: Path) -> None:
-    path = _webhost_policy(tmp_path, hours=False)
-    night = datetime(2025, 6, 17, 21, 30, tzinfo=UTC)  # 23:30 in Brussels
+    path = write_webhost_policy(tmp_path, DAYSHIFT, hours=False)
     # A grant with no condition: the plan says quiet, and the event at night is quiet.
-    event = AccessEvent(
-        time=night,
-        store="pg",
-        actor="lena_accounts",
-        action=Action.READ,
-        position=SourcePosition("postgresql.log", 0, 1),
-        objects=("finance.bills",),
-        application="pgAdmin 4",
-        client="127.0.0.1",
-    )
+    event = _lena_reads_bills(datetime(2025, 6, 17, 21, 30, tzinfo=UTC))  # 23:30 in Brussels
     old = Pipeline(load_policy(path))
     assert [f.rule for f in old.evaluate(event) if f.rule.startswith("ntk.")] == []
     assert True in old._conditions._plans.values()
@@ -104,19 +88,10 @@ def test_a_policy_reload_gives_the_new_verdict(tmp_path: Path) -> None:
 
 
 def test_a_register_reload_is_seen_by_a_planned_key(tmp_path: Path) -> None:
-    path = _webhost_policy(tmp_path, hours=False)
+    path = write_webhost_policy(tmp_path, DAYSHIFT, hours=False)
     pipeline = Pipeline(load_policy(path))
     detect = pipeline._conditions
-    base = AccessEvent(
-        time=datetime(2025, 6, 17, 9, 0, tzinfo=UTC),
-        store="pg",
-        actor="lena_accounts",
-        action=Action.READ,
-        position=SourcePosition("postgresql.log", 0, 1),
-        objects=("finance.bills",),
-        application="pgAdmin 4",
-        client="127.0.0.1",
-    )
+    base = _lena_reads_bills(datetime(2025, 6, 17, 9, 0, tzinfo=UTC))
     assert detect(base) == []  # no subject: planned quiet
     assert True in detect._plans.values()
     named = replace(base, subjects=("987654",))

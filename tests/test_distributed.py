@@ -3,9 +3,9 @@ leader lock on a real PostgreSQL database."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from sqlalchemy import create_engine
@@ -32,6 +32,7 @@ from breachwatch.parsers.registry import build_format
 from breachwatch.pipeline import Pipeline
 from breachwatch.store.database import Database
 from breachwatch.store.schema import Base, Checkpoint
+from tests.casework import HELPDESK_POLICY, write_cases
 from tests.conftest import REPO, skip_or_fail
 from tests.daemon_harness import PREFIX, audit_read
 from tests.distributed_harness import SAMPLE, missing_services, scratch_database
@@ -118,18 +119,34 @@ def test_one_leader_and_takeover() -> None:
             two.release()
 
 
-def _sample_cut() -> tuple[list[bytes], int]:
-    """The sample's lines, and how many of them end with the first line of omar's record."""
+class _CutSample(NamedTuple):
+    lines: list[bytes]  # the sample's lines
+    cut: int  # how many of them are in the log: up to the first line of omar's record
+    log: Path
+    state: Path  # the shipper's checkpoint store
+    clock: FakeClock
+    keys: PartitionKeys
+
+
+def _cut_sample(folder: Path) -> _CutSample:
+    """The sample written to ``folder`` up to the first of the two lines of omar's CTE
+    record, as a writer pausing between them leaves it, for a shipper on a fake clock."""
     if not SAMPLE.is_file():
         skip_or_fail(f"sample log not found at {SAMPLE}")
     lines = SAMPLE.read_bytes().splitlines(keepends=True)
-    offset = 0
+    offset, cut = 0, None
     for i, line in enumerate(lines):
         if offset == CTE_OFFSET:
             assert lines[i + 1].startswith(b"\t")  # its continuation line
-            return lines, i + 1
+            cut = i + 1
+            break
         offset += len(line)
-    raise AssertionError("record not found in the sample")
+    assert cut is not None, "record not found in the sample"
+    log = folder / "postgresql.log"
+    log.write_bytes(b"".join(lines[:cut]))
+    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    keys = PartitionKeys(PolicyView(load_policy(REPO / "config" / "policy.yml")), 8)
+    return _CutSample(lines, cut, log, folder / "shipper.db", clock, keys)
 
 
 class _ShipSource(ShipSource):
@@ -162,11 +179,7 @@ def test_shipper_killed_between_the_lines_of_a_record_ships_it_whole(tmp_path: P
     as a record (quarantined: unterminated quote), the shipper committed past it, and after a
     restart the continuation line came alone. Deterministic: fake clock, the shipper dropped
     without a commit exactly between the two lines, as kill -9 leaves it."""
-    lines, cut = _sample_cut()
-    log, state = tmp_path / "postgresql.log", tmp_path / "shipper.db"
-    log.write_bytes(b"".join(lines[:cut]))
-    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
-    keys = PartitionKeys(PolicyView(load_policy(REPO / "config" / "policy.yml")), 8)
+    lines, cut, log, state, clock, keys = _cut_sample(tmp_path)
 
     first = _shipper_source(log, state, clock)
     batch = first.collect(100_000, keys)
@@ -199,11 +212,7 @@ def test_shipper_killed_between_the_lines_of_a_record_ships_it_whole(tmp_path: P
 def test_a_record_that_never_completes_is_shipped_after_the_hold(tmp_path: Path) -> None:
     """Held, not lost: a last record that does not parse goes out (to quarantine) once the
     file has been quiet for UNPARSED_HOLD."""
-    lines, cut = _sample_cut()
-    log, state = tmp_path / "postgresql.log", tmp_path / "shipper.db"
-    log.write_bytes(b"".join(lines[:cut]))
-    clock = FakeClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
-    keys = PartitionKeys(PolicyView(load_policy(REPO / "config" / "policy.yml")), 8)
+    lines, cut, log, state, clock, keys = _cut_sample(tmp_path)
     source = _shipper_source(log, state, clock)
     try:
         batch = source.collect(100_000, keys)
@@ -224,36 +233,11 @@ def test_a_record_that_never_completes_is_shipped_after_the_hold(tmp_path: Path)
         source.close()
 
 
-CASE_POLICY = """version: 1
-staff:
-  - {person: yasmine, accounts: [yasmine_helpdesk], roles: [helpdesk], team: helpdesk}
-data_map:
-  - {object: clients.accounts, categories: [identity], subject_column: id}
-  - {object: helpdesk.cases, categories: [support], subject_column: account_id}
-casework:
-  source: {file: cases.csv}
-  objects: [helpdesk.cases]
-grants:
-  - {role: helpdesk, objects: [clients.accounts], actions: [read, write], ticket: true}
-  - {role: helpdesk, objects: [helpdesk.cases], actions: [read, write], bulk: true}
-"""
-
-
-def _write_cases(folder: Path, cases: dict[int, int], stamp: int) -> None:
-    rows = "".join(
-        f"{case},{subject},yasmine_helpdesk,open,2026-11-29 09:00:00+01,\n"
-        for case, subject in cases.items()
-    )
-    path = folder / "cases.csv"
-    path.write_text("case_id,account_id,assignee,status,opened_at,closed_at\n" + rows)
-    os.utime(path, ns=(stamp, stamp))  # a new mtime even within the same second
-
-
 def test_partition_pipelines_follow_their_reference_tables(tmp_path: Path) -> None:
     """The worker's Refresher holder reloads the case table of every owned partition's
     pipeline (they are not the daemon's own pipeline), as the single daemon reloads its one."""
-    (tmp_path / "policy.yml").write_text(CASE_POLICY)
-    _write_cases(tmp_path, {11: 201}, 1_000_000_000_000_000_000)
+    (tmp_path / "policy.yml").write_text(HELPDESK_POLICY)
+    write_cases(tmp_path, {11: 201})
     policy = load_policy(tmp_path / "policy.yml")
     owned = [Pipeline(policy), Pipeline(policy)]  # two partitions of one worker
     tables = PartitionReferences(lambda: owned)
@@ -273,6 +257,6 @@ def test_partition_pipelines_follow_their_reference_tables(tmp_path: Path) -> No
 
     assert "ntk.no_open_case" in rules(owned[1])  # no case for customer 100 yet
     assert tables.refresh() is False and tables.errors == []  # nothing changed: no reload
-    _write_cases(tmp_path, {11: 201, 12: 100}, 1_000_000_000_000_000_001)
+    write_cases(tmp_path, {11: 201, 12: 100})
     assert tables.refresh() is True and tables.errors == []
     assert all("ntk.no_open_case" not in rules(p) for p in owned)  # both partitions see it

@@ -7,6 +7,9 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,43 @@ def quiet_outcome(url: str, stable_for: float = 3.0, timeout: float = 120.0) -> 
     return dict(wait_until(check, timeout, what="a quiet store"))
 
 
+@dataclass
+class Cluster:
+    """A scaled-out deployment under test: NATS, a scratch PostgreSQL database, the
+    distributed config in ``dist`` and its (empty) log; every process started is stopped."""
+
+    nats: NatsServer
+    url: str
+    dist: Path
+    config: Path
+    log_path: Path
+    procs: list[Proc]  # stopped when the cluster is left
+
+    def start(self, command: str, name: str) -> Proc:
+        """``breachwatch <command>`` (``run``: a worker, ``ship``: the shipper), output in
+        ``dist/<name>``."""
+        proc = Proc(self.config, command, self.dist / name).start()
+        self.procs.append(proc)
+        return proc
+
+
+@contextmanager
+def cluster(tmp: Path) -> Iterator[Cluster]:
+    nats = NatsServer(tmp / "nats" / "js").start()
+    procs: list[Proc] = []
+    try:
+        with scratch_database() as url:
+            dist = tmp / "dist"
+            config = distributed_config(dist, database_url=url, nats_url=nats.url)
+            log_path = dist / "logs" / "postgresql.log"
+            log_path.touch()
+            yield Cluster(nats, url, dist, config, log_path, procs)
+    finally:
+        for proc in procs:
+            proc.stop()
+        nats.stop()
+
+
 def reference(tmp: Path, log_path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     config = local_config(tmp / "ref", log_path, extra)
     daemon = Proc(config, "run", tmp / "ref" / "daemon.log").start()
@@ -99,49 +139,35 @@ def assert_mail_once(state_dir: Path, result: dict[str, Any]) -> None:
 def test_three_workers_equal_one_daemon_through_worker_and_shipper_kills(
     services: None, tmp_path: Path
 ) -> None:
-    nats = NatsServer(tmp_path / "nats" / "js").start()
-    procs: list[Proc] = []
-    try:
-        with scratch_database() as url:
-            dist = tmp_path / "dist"
-            config = distributed_config(dist, database_url=url, nats_url=nats.url)
-            log_path = dist / "logs" / "postgresql.log"
-            log_path.touch()
-            workers = [Proc(config, "run", dist / f"worker{i}.log").start() for i in range(3)]
-            procs += workers
-            shipper = Proc(config, "ship", dist / "ship.log").start()
-            procs.append(shipper)
-            for i in append_gradually(SAMPLE, log_path, 10):
-                time.sleep(0.7)
-                if i == 3:
-                    workers[0].kill9()  # its partitions move to the two others
-                if i == 5:
-                    shipper.kill9()
-                    shipper = Proc(config, "ship", dist / "ship.log").start()
-                    procs.append(shipper)
-            want = reference(tmp_path, log_path)
-            assert want["findings"] and want["incidents"] and want["notices"]
-            try:
-                wait_until(settled(url, want), 120, what="the workers to catch up")
-            finally:
-                got = outcome(url)
-                check_equal(got, want)
+    with cluster(tmp_path) as c:
+        workers = [c.start("run", f"worker{i}.log") for i in range(3)]
+        shipper = c.start("ship", "ship.log")
+        for i in append_gradually(SAMPLE, c.log_path, 10):
+            time.sleep(0.7)
+            if i == 3:
+                workers[0].kill9()  # its partitions move to the two others
+            if i == 5:
+                shipper.kill9()
+                shipper = c.start("ship", "ship.log")
+        want = reference(tmp_path, c.log_path)
+        assert want["findings"] and want["incidents"] and want["notices"]
+        try:
+            wait_until(settled(c.url, want), 120, what="the workers to catch up")
+        finally:
+            got = outcome(c.url)
             check_equal(got, want)
-            assert_mail_once(dist / "state", got)
-            engine = create_engine(url)
-            with engine.connect() as conn:
-                owners = {
-                    o
-                    for (o,) in conn.execute(
-                        text("SELECT owner FROM stream_partition_leases WHERE owner IS NOT NULL")
-                    )
-                }
-            engine.dispose()
-            assert len(owners) == 2  # the killed worker's partitions went to the survivors
-    finally:
-        for proc in procs:
-            proc.stop()
-        nats.stop()
+        check_equal(got, want)
+        assert_mail_once(c.dist / "state", got)
+        engine = create_engine(c.url)
+        with engine.connect() as conn:
+            owners = {
+                o
+                for (o,) in conn.execute(
+                    text("SELECT owner FROM stream_partition_leases WHERE owner IS NOT NULL")
+                )
+            }
+        engine.dispose()
+        assert len(owners) == 2  # the killed worker's partitions went to the survivors
 
 
 def test_nats_stopped_for_a_while_forwarder_and_workers_catch_up(
@@ -150,42 +176,30 @@ def test_nats_stopped_for_a_while_forwarder_and_workers_catch_up(
     """NATS goes away while the log keeps growing: the shipper commits nothing and publishes
     the same records again until acknowledged, the workers keep their leases (PostgreSQL) and
     resume; in the end the same outcome as one daemon, one stream message per record."""
-    nats = NatsServer(tmp_path / "nats" / "js").start()
-    procs: list[Proc] = []
-    try:
-        with scratch_database() as url:
-            dist = tmp_path / "dist"
-            config = distributed_config(dist, database_url=url, nats_url=nats.url)
-            log_path = dist / "logs" / "postgresql.log"
-            log_path.touch()
-            procs += [Proc(config, "run", dist / f"worker{i}.log").start() for i in range(2)]
-            shipper = Proc(config, "ship", dist / "ship.log").start()
-            procs.append(shipper)
-            for i in append_gradually(SAMPLE, log_path, 10):
-                time.sleep(0.7)
-                if i == 2:
-                    wait_until(lambda: committed(url) > 0, 60, what="records flowing")
-                    nats.stop()  # chunks 3..6 are written while NATS is down
-                if i == 6:
-                    # longer than the shipper's ack timeout: its publishes fail, it commits
-                    # nothing and publishes the same records again
-                    time.sleep(ACK_TIMEOUT + 2)
-                    nats.start()  # same port, same store: the stream and consumers survive
-            assert all(p.alive() for p in procs)
-            out = shipper.output()
-            assert "publish_failed" in out[out.index('"shipping"') :]  # it saw the outage
-            want = reference(tmp_path, log_path)
-            try:
-                wait_until(settled(url, want), 180, what="the workers to catch up")
-            finally:
-                got = outcome(url)
-                check_equal(got, want)
-            assert stream_messages(nats.url) == framed_records(log_path)  # nothing doubled
-            assert_mail_once(dist / "state", got)
-    finally:
-        for proc in procs:
-            proc.stop()
-        nats.stop()
+    with cluster(tmp_path) as c:
+        workers = [c.start("run", f"worker{i}.log") for i in range(2)]
+        shipper = c.start("ship", "ship.log")
+        for i in append_gradually(SAMPLE, c.log_path, 10):
+            time.sleep(0.7)
+            if i == 2:
+                wait_until(lambda: committed(c.url) > 0, 60, what="records flowing")
+                c.nats.stop()  # chunks 3..6 are written while NATS is down
+            if i == 6:
+                # longer than the shipper's ack timeout: its publishes fail, it commits
+                # nothing and publishes the same records again
+                time.sleep(ACK_TIMEOUT + 2)
+                c.nats.start()  # same port, same store: the stream and consumers survive
+        assert all(p.alive() for p in [*workers, shipper])
+        out = shipper.output()
+        assert "publish_failed" in out[out.index('"shipping"') :]  # it saw the outage
+        want = reference(tmp_path, c.log_path)
+        try:
+            wait_until(settled(c.url, want), 180, what="the workers to catch up")
+        finally:
+            got = outcome(c.url)
+            check_equal(got, want)
+        assert stream_messages(c.nats.url) == framed_records(c.log_path)  # nothing doubled
+        assert_mail_once(c.dist / "state", got)
 
 
 def committed(url: str) -> int:
@@ -221,14 +235,11 @@ def test_scheduler_leader_killed_just_before_a_reminder_it_goes_once(
     (reminder at half time) so that the real clock gets there within the test."""
     import yaml
 
-    nats = NatsServer(tmp_path / "nats" / "js").start()
     hook = WebhookRecorder()
-    procs: list[Proc] = []
     try:
-        with scratch_database() as url:
-            dist = tmp_path / "dist"
-            config = distributed_config(dist, database_url=url, nats_url=nats.url)
-            secret = dist / "hook.secret"
+        with cluster(tmp_path) as c:
+            config = c.config
+            secret = c.dist / "hook.secret"
             secret.write_text("hook-secret\n")
             data = yaml.safe_load(config.read_text())
             obligations = data["obligations"]
@@ -240,15 +251,12 @@ def test_scheduler_leader_killed_just_before_a_reminder_it_goes_once(
                 "contact": "Security <security@hosting.example>",
             }
             config.write_text(yaml.safe_dump(data, allow_unicode=True))
-            log_path = dist / "logs" / "postgresql.log"
-            log_path.touch()
-            workers = [Proc(config, "run", dist / f"worker{i}.log").start() for i in range(2)]
-            procs += workers
+            workers = [c.start("run", f"worker{i}.log") for i in range(2)]
             leader = _leader(workers)
-            procs.append(Proc(config, "ship", dist / "ship.log").start())
-            append(log_path, VIOLATION)  # kevin (departed) reads customer 1001
+            c.start("ship", "ship.log")
+            append(c.log_path, VIOLATION)  # kevin (departed) reads customer 1001
 
-            engine = create_engine(url)
+            engine = create_engine(c.url)
             try:
 
                 def obligations_due() -> list[tuple[int, str, Any, Any]] | None:
@@ -312,7 +320,4 @@ def test_scheduler_leader_killed_just_before_a_reminder_it_goes_once(
             finally:
                 engine.dispose()
     finally:
-        for proc in procs:
-            proc.stop()
         hook.stop()
-        nats.stop()

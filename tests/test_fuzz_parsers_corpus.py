@@ -169,6 +169,21 @@ def test_mutated_real_lines_never_crash_a_parser(
     run_format(fmt, to_lines(data.draw(mutated_lines(corpus, name))))
 
 
+@pytest.mark.parametrize("name", ["pgaudit_jsonlog", "jsonl"])
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_deeply_nested_json_is_a_parse_failure(name: str, opening: bytes) -> None:
+    """A line of nested brackets (the huge-field mutation with ``[`` or ``{``) makes the json
+    decoder raise RecursionError, not ValueError; it is bad input like any other. Found by
+    the fuzz test above, where the depth-dependent exception showed as hypothesis'
+    FlakyStrategyDefinition instead of as the crash it was."""
+    fmt = build_format(name, FORMATS[name][0])
+    framer = fmt.new_framer("fuzz.log")
+    (line,) = to_lines([opening * 70_000])  # deeper than any recursion limit, cut at 64 kB
+    (record,) = framer.push(line) + framer.flush()
+    failure = fmt.parse(record, "fuzz")
+    assert isinstance(failure, ParseFailure) and failure.reason == "bad_json", failure
+
+
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_the_whole_real_sample_parses_without_a_crash(name: str, samples_dir: Path) -> None:
     fmt = build_format(name, FORMATS[name][0])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,12 @@ import pytest
 import yaml
 
 from breachwatch.cli import main
+from tests.webhost_policy import REFERENCES, write_webhost_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "config" / "examples"
 SAMPLES = ROOT.parent / "shared" / "samples"  # CI clones beside shared/
 RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
-REFERENCES = {
-    "cases": "reference_cases_before_workload.csv",
-    "processing_restrictions": "reference_processing_restrictions.csv",
-    "marketing_optouts": "reference_marketing_optouts.csv",
-    "erasures": "reference_erasures.csv",
-    "contracts": "reference_contracts.csv",
-}
 
 # (directory, log file, required events, minimum recall, maximum false positives)
 CASES = [
@@ -91,19 +84,12 @@ def _labels(directory: Path, name: str) -> tuple[dict[str, dict[str, Any]], dict
 
 
 def _setup(tmp: Path, directory: Path, night: bool) -> Path:
-    policy = yaml.safe_load((EXAMPLES / "webhost-policy.yml").read_text(encoding="utf-8"))
-    if night:
-        for grant in policy["grants"]:
-            grant.pop("hours", None)
-    (tmp / "webhost-policy.yml").write_text(yaml.safe_dump(policy), encoding="utf-8")
-    (tmp / "reference").mkdir()
-    source = (
+    exports = (
         directory
         if (directory / REFERENCES["cases"]).exists()
-        else SAMPLES / ("pgaudit_workload_dayshift")
+        else SAMPLES / "pgaudit_workload_dayshift"
     )
-    for name, export in REFERENCES.items():
-        shutil.copy(source / export, tmp / "reference" / f"{name}.csv")
+    write_webhost_policy(tmp, exports, hours=not night)
     config = yaml.safe_load((EXAMPLES / "webhost-breachwatch.yml").read_text(encoding="utf-8"))
     config["state_dir"] = str(tmp / "state")
     config["notifications"]["customers"] = str(ROOT / "config" / "customers.csv")

@@ -304,7 +304,16 @@ class BehaviourDetector:
             try:
                 clients.move_to_end(client)
             except KeyError:
-                more = self._new_client(event, person, profile, learned, client)
+                more = self._novel(
+                    event,
+                    person,
+                    clients,
+                    learned,
+                    client,
+                    "behaviour.new_client",
+                    f"client:{client}",
+                    f"connected from {client}, an address",
+                )
                 if more:
                     found = (found or []) + more
         application = event.application
@@ -316,7 +325,16 @@ class BehaviourDetector:
             try:
                 apps.move_to_end(family)
             except KeyError:
-                more = self._new_application(event, person, profile, learned, family)
+                more = self._novel(
+                    event,
+                    person,
+                    apps,
+                    learned,
+                    family,
+                    "behaviour.new_application",
+                    f"app:{family}",
+                    f"used the application {application!r},",
+                )
                 if more:
                     found = (found or []) + more
         return found
@@ -348,33 +366,30 @@ class BehaviourDetector:
             "behaviour.first_access", event, person, text, f"object:{key}", objects=(obj,)
         )
 
-    def _new_client(
-        self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool, client: str
+    def _novel(
+        self,
+        event: AccessEvent,
+        person: str | None,
+        known: OrderedDict[str, None],
+        learned: bool,
+        value: str,
+        rule: str,
+        cause: str,
+        what: str,
     ) -> list[Finding]:
+        """``value`` is new among the actor's ``known`` clients or applications: remember it,
+        and say so once the profile is learnt (``new_client`` switches both). ``what`` is the
+        sentence's middle, e.g. "connected from 10.0.0.9, an address"."""
         config = self.config
-        known = list(profile.clients)
-        _remember(profile.clients, client, config.max_known)
+        before = list(known)[-5:]  # the recent ones, as they were before this event
+        _remember(known, value, config.max_known)
         if not (learned and config.new_client):
             return []
         text = (
-            f"{describe_actor(event, person)} connected from {client}, an address not seen for "
-            f"them before (known: {', '.join(known[-5:]) or 'none'})."
+            f"{describe_actor(event, person)} {what} not seen for them before "
+            f"(known: {', '.join(before) or 'none'})."
         )
-        return self._emit("behaviour.new_client", event, person, text, f"client:{client}")
-
-    def _new_application(
-        self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool, family: str
-    ) -> list[Finding]:
-        config = self.config
-        known = list(profile.apps)
-        _remember(profile.apps, family, config.max_known)
-        if not (learned and config.new_client):
-            return []
-        text = (
-            f"{describe_actor(event, person)} used the application {event.application!r}, not "
-            f"seen for them before (known: {', '.join(known[-5:]) or 'none'})."
-        )
-        return self._emit("behaviour.new_application", event, person, text, f"app:{family}")
+        return self._emit(rule, event, person, text, cause)
 
     def _denied(self, event: AccessEvent, person: str | None, profile: _Profile) -> list[Finding]:
         burst = self.config.denied_burst

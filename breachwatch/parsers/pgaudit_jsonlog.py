@@ -66,7 +66,7 @@ class PgauditJsonlogFormat:
             return []
         try:
             obj = json.loads(line.text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting: "[[[[…" in a cut line
             raise ParseFailure("bad_json", f"{exc}: {line.text[:120]}") from exc
         if not isinstance(obj, dict):
             raise ParseFailure("bad_json", f"not an object: {line.text[:120]}")

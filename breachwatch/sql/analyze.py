@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import A_Expr_Kind, BoolExprType, SubLinkType
+
+from breachwatch.sql.shape import normalise
 
 ColKey = tuple[str | None, str]  # (qualifier as written: alias, table or schema.table; column)
 
@@ -63,9 +65,79 @@ class StatementShape:
         return self.kind == "copy_to" or (self.kind == "unparsed" and self.copy_target is not None)
 
 
+_TEMPLATE_LIMIT = 4096
+# normalised text -> its analysis; a dict cleared when full, as the texts come from the log.
+_TEMPLATES: dict[str, StatementShape] = {}
+
+
 @lru_cache(maxsize=4096)
 def analyze(sql: str) -> StatementShape:
-    """The shape of ``sql`` (all statements of a multi-statement string, merged)."""
+    """The shape of ``sql`` (all statements of a multi-statement string, merged).
+
+    Statements that differ only in literals are parsed once: the normalised text
+    (:mod:`breachwatch.sql.shape`) is analysed and the literals are bound back, which gives
+    what :func:`analyze_exact` gives, for a look-up and a few tuples."""
+    norm = normalise(sql)
+    if norm is not None:
+        bound = bind_literals(shape_template(norm.key), norm.base, norm.literals)
+        if bound is not None:
+            return bound
+    return _analyze_text(sql)
+
+
+@lru_cache(maxsize=4096)
+def analyze_exact(sql: str) -> StatementShape:
+    """The shape of ``sql`` parsed as it is, without the shape cache (the reference path)."""
+    return _analyze_text(sql)
+
+
+def shape_template(key: str) -> StatementShape:
+    """The analysis of a normalised text, placeholders and all."""
+    shape = _TEMPLATES.get(key)
+    if shape is None:
+        shape = _analyze_text(key)
+        if len(_TEMPLATES) >= _TEMPLATE_LIMIT:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = shape
+    return shape
+
+
+def bind_literals(
+    template: StatementShape, base: int, literals: tuple[str, ...]
+) -> StatementShape | None:
+    """``template`` with placeholders ``$base``... turned back into the literals they replaced;
+    None when that cannot be known exactly (the caller then parses the exact text)."""
+    if template.kind == "unparsed":
+        return None  # the normalised text may fail where the exact one does not
+    if not literals:
+        return template
+    predicates: list[Predicate] = []
+    changed = False
+    for p in template.predicates:
+        if not p.params or max(p.params) < base:
+            predicates.append(p)
+            continue
+        if p.values:
+            # Verbatim and replaced literals on one column: their order in the exact
+            # analysis (one tuple, in source order) is lost.
+            return None
+        changed = True
+        predicates.append(
+            Predicate(
+                p.qualifier,
+                p.column,
+                tuple(literals[n - base] for n in p.params if n >= base),
+                tuple(n for n in p.params if n < base),
+                p.subquery,
+            )
+        )
+    if not changed:
+        return template
+    # Bound predicates may now be equal, which the exact analysis would have merged.
+    return replace(template, predicates=tuple(dict.fromkeys(predicates)))
+
+
+def _analyze_text(sql: str) -> StatementShape:
     try:
         raws = parse_sql(sql)
         return _merge([_Collector(raw.stmt) for raw in raws])

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from breachwatch.events import AccessEvent, Action
-from breachwatch.sql.analyze import analyze
+from breachwatch.sql.analyze import StatementShape, analyze_exact, shape_template
+from breachwatch.sql.shape import Normalised, normalise
 from breachwatch.sql.subjects import bind_parameters, is_unbounded, subject_refs
 
 # Denied, login and DDL events carry statements too, but they read no rows.
@@ -14,6 +15,9 @@ _NO_REFS: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
 _PLAN_LIMIT = 8192
 
 _Plan = tuple[tuple[tuple[str, ...], tuple[int, ...]], bool, bool, tuple[str, ...]]
+# A plan of a statement shape: (literal subject ids kept verbatim in the shape, indexes of the
+# replaced literals that are subject ids, parameter numbers, unbounded, export, columns).
+_ShapePlan = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], bool, bool, tuple[str, ...]]
 
 
 def rebuild(
@@ -55,7 +59,10 @@ class SqlEnricher:
 
     Everything that depends only on (statement, object) is computed once and cached, so the
     web shop's prepared statements, repeated a hundred thousand times with different
-    parameters, cost a cache hit plus the parameter binding.
+    parameters, cost a cache hit plus the parameter binding. Statements that differ only in
+    their literals (``WHERE id = 1048``, ``... 1049``) share one plan per statement shape
+    (:mod:`breachwatch.sql.shape`), with the literals bound per text; the result is the exact
+    text's.
     """
 
     def __init__(
@@ -70,19 +77,62 @@ class SqlEnricher:
         # (statement, object) -> plan; a dict, not lru_cache: this is looked up once per
         # event, and statement texts come from the log, so it is cleared when full.
         self._plans: dict[tuple[str, str | None], _Plan] = {}
+        # (normalised statement, first placeholder, object) -> plan with literal positions,
+        # None when the exact text must be analysed; bounded the same way.
+        # ``use_shapes = False`` analyses every statement as it is (the reference path of
+        # tests and benchmarks).
+        self._shape_plans: dict[tuple[str, int, str | None], _ShapePlan | None] = {}
+        self.use_shapes = True
 
     def _plan(self, statement: str, object_name: str | None) -> _Plan:
         key = (statement, object_name)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._compute_plan(statement, object_name)
+            norm = normalise(statement) if self.use_shapes else None
+            if norm is not None:
+                plan = self._bound_plan(norm, object_name)
+            if plan is None:
+                plan = self._compute_plan(analyze_exact(statement), object_name)
             if len(self._plans) >= _PLAN_LIMIT:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
 
-    def _compute_plan(self, statement: str, object_name: str | None) -> _Plan:
-        shape = analyze(statement)
+    def _bound_plan(self, norm: Normalised, object_name: str | None) -> _Plan | None:
+        """The plan of the normalised statement with this statement's literals bound."""
+        # The base is part of the key: ``id = $1`` is the shape of ``id = 5`` (placeholder 1)
+        # and of ``id = $1`` itself (a parameter, no placeholders).
+        key = (norm.key, norm.base, object_name)
+        if key in self._shape_plans:
+            shape_plan = self._shape_plans[key]
+        else:
+            shape_plan = self._compute_shape_plan(norm, object_name)
+            if len(self._shape_plans) >= _PLAN_LIMIT:
+                self._shape_plans.clear()
+            self._shape_plans[key] = shape_plan
+        if shape_plan is None:
+            return None
+        values, places, params, unbounded, export, columns = shape_plan
+        if places:  # as subject_refs keeps them: in order, once each, no empty ones
+            literals = norm.literals
+            values = tuple(dict.fromkeys(v for v in (literals[i] for i in places) if v))
+        refs = (values, params) if values or params else _NO_REFS
+        return refs, unbounded, export, columns
+
+    def _compute_shape_plan(self, norm: Normalised, object_name: str | None) -> _ShapePlan | None:
+        shape = shape_template(norm.key)
+        if shape.kind == "unparsed":
+            return None  # the placeholders may be what does not parse
+        (values, params), unbounded, export, columns = self._compute_plan(shape, object_name)
+        places = tuple(n - norm.base for n in params if n >= norm.base)
+        if places and values:
+            # Subject ids both verbatim and replaced: their order in the exact analysis
+            # (source order, one tuple) is not known here.
+            return None
+        real = tuple(n for n in params if n < norm.base)
+        return values, places, real, unbounded, export, columns
+
+    def _compute_plan(self, shape: StatementShape, object_name: str | None) -> _Plan:
         if object_name is None:
             return _NO_REFS, False, shape.is_export, shape.columns
         refs = subject_refs(shape, self._subject_columns, object_name)
