@@ -23,7 +23,16 @@ from tests.daemon_harness import free_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("BREACHWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-SAMPLE = REPO.parent / "shared" / "samples" / "pgaudit_workload_dayshift" / "postgresql.log"
+SAMPLES = REPO.parent / "shared" / "samples"
+SAMPLE = SAMPLES / "pgaudit_workload_dayshift" / "postgresql.log"
+# the other labelled logs: (sample directory, file, source name in the example config)
+LABELLED = [
+    ("pgaudit_workload_dayshift", "postgresql.csv", "pg-main-csv"),
+    ("pgaudit_workload_dayshift", "postgresql.json", "pg-main-json"),
+    ("mariadb_audit_dayshift", "server_audit.log", "mariadb"),
+    ("nginx_panel_dayshift", "access.log", "panel"),
+    ("auditd_files", "audit.log", "ops-files"),
+]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -148,6 +157,30 @@ def distributed_config(
     return path
 
 
+def labelled_sources(tmp: Path, names: list[str]) -> dict[str, Any]:
+    """Config keys for the labelled sample logs of LABELLED whose source is in ``names``,
+    each its own source with the
+    options of config/examples/webhost-breachwatch.yml, copied into ``tmp/logs`` (the
+    reference daemon must read the very same files: finding keys name the file identity),
+    and the example web-host policy with the pgaudit sample's exports."""
+    import yaml
+
+    from tests.webhost_policy import write_webhost_policy
+
+    example = yaml.safe_load((REPO / "config" / "examples" / "webhost-breachwatch.yml").read_text())
+    options = {s["name"]: s for s in example["sources"]}
+    (tmp / "logs").mkdir(parents=True, exist_ok=True)
+    sources = []
+    for directory, name, source in LABELLED:
+        if source not in names:
+            continue
+        target = tmp / "logs" / f"{source}-{name}"
+        shutil.copyfile(SAMPLES / directory / name, target)
+        sources.append({**options[source], "path": str(target)})
+    policy = write_webhost_policy(tmp, SAMPLES / "pgaudit_workload_dayshift")
+    return {"sources": sources, "policy": str(policy)}
+
+
 def local_config(tmp: Path, log_path: Path, extra: dict[str, Any] | None = None) -> Path:
     """A single daemon (SQLite, local mode) on the same log file: the reference."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -223,6 +256,8 @@ def append_gradually(source: Path, target: Path, chunks: int) -> Iterator[int]:
 
 def outcome(database_url: str) -> dict[str, Any]:
     """What must be equal between a single daemon and the scaled-out run."""
+    import json
+
     from breachwatch.store.schema import (
         FindingRow,
         Incident,
@@ -236,6 +271,11 @@ def outcome(database_url: str) -> dict[str, Any]:
     try:
         with engine.connect() as conn:
             findings = sorted(conn.scalars(select(FindingRow.key)))
+            # the key names rule, source and record; what each finding says about whom
+            finding_subjects = {
+                str(key): json.dumps(subjects, sort_keys=True)
+                for key, subjects in conn.execute(select(FindingRow.key, FindingRow.subjects))
+            }
             incidents = {}
             for inc in conn.execute(select(Incident)).mappings():
                 subjects = sorted(
@@ -279,6 +319,7 @@ def outcome(database_url: str) -> dict[str, Any]:
         engine.dispose()
     return {
         "findings": findings,
+        "finding_subjects": finding_subjects,
         "incidents": incidents,
         "notices": notices,
         "quarantined": quarantined,

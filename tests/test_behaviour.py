@@ -147,6 +147,26 @@ def test_one_typo_is_not_brute_force_but_many_names_are() -> None:
     assert later == []  # 55 minutes later, alone: the window has moved on
 
 
+def test_failed_logins_out_of_time_order_are_grouped_by_their_own_times() -> None:
+    """Two logs reach the detector out of time order. A night log read after a morning one:
+    its failures are not counted with the morning's (that once read "within -28799 s"). Two
+    backends flushing seconds apart: a failure read late still completes the burst its own
+    time belongs to."""
+    address = {"client": "198.51.100.7"}
+    detector = _detector()
+    for i, name in enumerate(["sa", "test"]):  # the morning log, read first
+        assert detector(_event(10 + i / 3600, Action.LOGIN_FAILED, actor=name, **address)) == []
+    for i, name in enumerate(["root", "admin"]):  # then the night log: two names, no burst
+        assert detector(_event(2 + i / 3600, Action.LOGIN_FAILED, actor=name, **address)) == []
+
+    detector = _detector()
+    assert detector(_event(3, Action.LOGIN_FAILED, actor="root", **address)) == []
+    assert detector(_event(3 + 10 / 3600, Action.LOGIN_FAILED, actor="admin", **address)) == []
+    late = detector(_event(3 + 5 / 3600, Action.LOGIN_FAILED, actor="oracle", **address))
+    assert [f.rule for f in late] == ["auth.brute_force"]
+    assert "3 failed logins" in late[0].explanation and "within 10 s" in late[0].explanation
+
+
 def test_snapshot_round_trip_keeps_what_was_learnt() -> None:
     detector = _detector()
     for i in range(5):

@@ -3,6 +3,7 @@ leader lock on a real PostgreSQL database."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -260,3 +261,33 @@ def test_partition_pipelines_follow_their_reference_tables(tmp_path: Path) -> No
     write_cases(tmp_path, {11: 201, 12: 100})
     assert tables.refresh() is True and tables.errors == []
     assert all("ntk.no_open_case" not in rules(p) for p in owned)  # both partitions see it
+
+
+def test_auditd_directory_handle_travels_with_the_record() -> None:
+    """The auditd framer resolves a name relative to a directory descriptor from earlier
+    records of the same process; a worker parses one record with no such history, so the
+    handle must travel in the message (issue #8: auditd findings differed without it)."""
+    from breachwatch.parsers.auditd import AuditdFormat, HandleRecord
+    from tests.parser_helpers import frame, text_lines
+    from tests.test_parser_auditd import _openat
+
+    fmt = AuditdFormat({"3004": "omar"}, {"k": "/srv/data"})
+    lines = text_lines(
+        [
+            *_openat(1, 100, "ffffff9c", 3, "/srv/data/", "040750"),  # fd 3 = the directory
+            *_openat(2, 100, "3", 4, "a.csv", "0100640"),  # relative to fd 3
+        ]
+    )
+    local = frame(fmt, lines, "/var/log/audit/audit.log")
+    assert isinstance(local[1], HandleRecord) and local[1].handle == "/srv/data"
+    shipped = [
+        StreamRecord.decode(StreamRecord("ops", "auditd", "65024:7", r.path, r).encode())
+        for r in local
+    ]
+    assert [s.record for s in shipped] == local  # the handle, not only the lines
+    parsed = [fmt.parse(s.record, "ops") for s in shipped]
+    objects = [e.objects for result in parsed if isinstance(result, list) for e in result]
+    assert objects == [("/srv/data",), ("/srv/data/a.csv",)]
+    # a record without a handle stays a plain Record on the wire
+    plain = StreamRecord("ops", "auditd", "65024:7", local[0].path, local[0]).encode()
+    assert "h" not in json.loads(plain)

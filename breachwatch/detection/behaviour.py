@@ -120,6 +120,20 @@ def _remember(known: OrderedDict[str, None], value: str, cap: int) -> bool:
         return True
 
 
+def _burst(times: list[datetime], now: datetime, window: timedelta) -> list[int]:
+    """Indexes of the largest group of ``times`` that holds ``now`` and spans less than
+    ``window``. Sources reach the detector out of time order (two logs, backends flushing
+    late), so the queue is in arrival order, not time order; in time order this is every
+    entry after ``now - window``, as a front-pruned queue gives."""
+    starts = sorted({t for t in times if now - window < t <= now})
+    best: list[int] = []
+    for start in starts:
+        group = [i for i, t in enumerate(times) if start <= t < start + window]
+        if len(group) > len(best):
+            best = group
+    return best
+
+
 class BehaviourDetector:
     def __init__(
         self, view: PolicyView, config: BehaviourPolicy, suppressor: Suppressor | None = None
@@ -398,14 +412,15 @@ class BehaviourDetector:
         horizon = event.time - burst.window
         while queue and queue[0][0] <= horizon:
             queue.popleft()
-        while len(queue) > burst.count:
+        while len(queue) > 4 * burst.count:  # memory bound; out-of-order entries wait here
             queue.popleft()
-        if len(queue) < burst.count:
+        group = [queue[i] for i in _burst([t for t, _ in queue], event.time, burst.window)]
+        if len(group) < burst.count:
             return []
-        first = queue[0][0]
-        seconds = (event.time - first).total_seconds()
+        group = group[-burst.count :]
+        seconds = (max(t for t, _ in group) - min(t for t, _ in group)).total_seconds()
         text = (
-            f"{describe_actor(event, person)} was refused {len(queue)} times in "
+            f"{describe_actor(event, person)} was refused {len(group)} times in "
             f"{seconds:.0f} s (burst threshold {burst.count} within "
             f"{int(burst.window.total_seconds() // 60)} min)."
         )
@@ -416,7 +431,7 @@ class BehaviourDetector:
             text,
             "denied",
             objects=event.objects,
-            evidence=(event.position, *(p for _, p in queue if p != event.position)),
+            evidence=(event.position, *(p for _, p in group if p != event.position)),
             window=burst.window,
         )
 
@@ -434,12 +449,13 @@ class BehaviourDetector:
             queue.popleft()
         while len(queue) > 4 * config.attempts:
             queue.popleft()
-        names = list(dict.fromkeys(name for _, name, _ in queue))
-        if len(names) < config.names and len(queue) < config.attempts:
+        group = [queue[i] for i in _burst([t for t, _, _ in queue], event.time, config.window)]
+        names = list(dict.fromkeys(name for _, name, _ in group))
+        if len(names) < config.names and len(group) < config.attempts:
             return []
-        seconds = (event.time - queue[0][0]).total_seconds()
+        seconds = (max(t for t, _, _ in group) - min(t for t, _, _ in group)).total_seconds()
         text = (
-            f"{len(queue)} failed logins from {address} against {len(names)} account names "
+            f"{len(group)} failed logins from {address} against {len(names)} account names "
             f"({', '.join(names[:8])}) within {seconds:.0f} s: password guessing, not a typo "
             f"(threshold {config.names} names or {config.attempts} attempts within "
             f"{int(config.window.total_seconds() // 60)} min)."
@@ -450,7 +466,7 @@ class BehaviourDetector:
             None,
             text,
             f"address:{address}",
-            evidence=(event.position, *(p for _, _, p in queue if p != event.position)),
+            evidence=(event.position, *(p for _, _, p in group if p != event.position)),
             window=config.window,
             actor=f"address:{address}",
         )

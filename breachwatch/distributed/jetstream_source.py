@@ -1,9 +1,10 @@
 """The record stream on NATS JetStream: the wire format of one record, the stream itself, an
 asyncio bridge for the synchronous daemon, and one partition's durable pull consumer.
 
-One message = one framed record (all its lines), so a worker parses exactly what a local
-daemon would have parsed, with the same file identity and offsets in the evidence (finding
-keys are ``rule|store|file@offset``: equal to a single daemon's on the same file).
+One message = one framed record (all its lines, and what the framer annotated it with: the
+auditd directory handle), so a worker parses exactly what a local daemon would have parsed,
+with the same file identity and offsets in the evidence (finding keys are
+``rule|store|file@offset``: equal to a single daemon's on the same file).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from breachwatch.config import StreamSettings
+from breachwatch.parsers.auditd import HandleRecord
 from breachwatch.parsers.base import Line, Record
 
 T = TypeVar("T")
@@ -65,7 +67,18 @@ class StreamRecord:
             ]
             for ln in self.record.lines
         ]
-        body = {"s": self.source, "f": self.format, "k": self.file_key, "p": self.path, "l": lines}
+        body: dict[str, Any] = {
+            "s": self.source,
+            "f": self.format,
+            "k": self.file_key,
+            "p": self.path,
+            "l": lines,
+        }
+        if isinstance(self.record, HandleRecord) and self.record.handle:
+            # what the auditd framer knew from earlier records of the same process (the
+            # directory a descriptor stands for): the worker has no such history, and its
+            # parse of this record alone would leave a relative name relative
+            body["h"] = self.record.handle
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -76,7 +89,9 @@ class StreamRecord:
             Line(str(t), int(o), int(e), int(n), bool(tr), bool(bad))
             for t, o, e, n, tr, bad in body["l"]
         )
-        return cls(str(body["s"]), str(body["f"]), str(body["k"]), path, Record(path, lines))
+        handle = body.get("h")
+        record = HandleRecord(path, lines, str(handle)) if handle else Record(path, lines)
+        return cls(str(body["s"]), str(body["f"]), str(body["k"]), path, record)
 
 
 class AsyncBridge:
