@@ -206,28 +206,7 @@ class SqlEnricher:
             found = tuple(dict.fromkeys((*event.subjects, *found)))
         if event.columns:
             columns = tuple(dict.fromkeys((*event.columns, *columns)))
-        e = event
-        return AccessEvent(
-            e.time,
-            e.store,
-            e.actor,
-            action,
-            e.position,
-            e.objects,
-            found,
-            columns,
-            person,
-            e.client,
-            e.application,
-            e.database,
-            e.session,
-            e.command,
-            statement,
-            e.parameters,
-            e.unbounded or unbounded,
-            e.detail,
-            e.tags,
-        )
+        return rebuild(event, action, found, columns, event.unbounded or unbounded, person)
 
 
 class EventEnricher:
