@@ -5,8 +5,11 @@
 (a) fail2ban-regex with one failregex for the AUDIT READ lines of clients.accounts;
 (b) a bare loop: split the prefix off each line and CSV-parse the AUDIT payload;
 (c) breachwatch: read lines → frame → parse → SqlEnricher → detectors (config/policy.yml) →
-    findings collected, the file fed ``--passes`` times through one pipeline so that memory
-    can be watched as the log grows.
+    findings written to a file as ``breachwatch scan --json`` prints them, the file fed
+    ``--passes`` times through one pipeline so that memory can be watched as the log grows;
+    with the collector settings the daemon and ``scan`` use (``speedups.tune_gc``) and the C
+    twins of the hot path when they are built (``speedups.native``; the command line prints
+    which, and ``BREACHWATCH_PURE_PYTHON=1`` measures the pure-Python code).
 
 Rates are given per CPU second of the measured process (one core; the machine may be busy)
 and per wall second; the ratio (c)/(a) uses CPU seconds. Both are measured in the same run,
@@ -17,7 +20,8 @@ caches of the parser and the SQL enricher switched off (the prefix regex on ever
 statement templates, no enrichment plans, no statement-shape cache (every statement parsed
 as written, in the enricher and in the detectors), each event parsed and then enriched instead of
 built once already enriched): the event count, the findings count and a digest of every
-finding (rule, key, subjects) must be equal, so speed never comes from dropped work.
+finding (rule, key, subjects) must be equal, so speed never comes from dropped work. That
+digest is computed outside the measured time (its CPU and wall time are subtracted).
 ``--no-verify`` skips it; ``--stages`` adds a CPU breakdown per stage.
 """
 
@@ -38,14 +42,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from breachwatch.commands import finding_line
 from breachwatch.detection.findings import Finding
 from breachwatch.detection.policy import load_policy
 from breachwatch.parsers import pg_events
 from breachwatch.parsers.base import LogFormat, Record
 from breachwatch.parsers.pgaudit import PgauditStderrFormat
 from breachwatch.parsers.registry import build_format
-from breachwatch.pipeline import Pipeline
+from breachwatch.pipeline import BatchResult, Pipeline
 from breachwatch.sources.files import read_line_batches, read_lines
+from breachwatch.speedups import native, tune_gc
 
 # The module, not the function the package exports under the same name.
 sql_analysis = importlib.import_module("breachwatch.sql.analyze")
@@ -140,19 +146,24 @@ def _no_shape(sql: str) -> None:
     return None
 
 
-def _digest(findings: list[Finding], digest: hashlib._Hash) -> None:
+def _digest(findings: list[Finding], digest: hashlib._Hash) -> tuple[float, float]:
+    """Add the findings to the digest; (CPU, wall) seconds it took, which the caller leaves
+    out of the pipeline's time: the digest checks the work, it is not part of it."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for f in findings:
         digest.update(f"{f.rule}|{f.key}|{','.join(f.subjects)}\n".encode())
+    return time.process_time() - cpu0, time.perf_counter() - wall0
 
 
 def pipeline(
-    log: Path, passes: int, batch: int = 5000, reference: bool = False
+    log: Path, passes: int, batch: int = 500, reference: bool = False
 ) -> dict[str, float | str]:
     """Read, frame, parse, enrich and detect, ``passes`` times through one pipeline.
 
     ``reference``: the slow path of the same code (see the module docstring), for checking."""
     pipe = Pipeline(load_policy(REPO / "config" / "policy.yml"))
     fmt = build_format("pgaudit_stderr", {"log_line_prefix": PREFIX, "timezone": "Europe/Berlin"})
+    tune_gc()  # as the daemon and `breachwatch scan` run
     saved = pg_events._TEMPLATES, pg_events._TAGS, pg_events._FAST
     saved_normalise = sql_analysis.normalise
     if reference:
@@ -165,8 +176,21 @@ def pipeline(
         fmt = _PlainFormat(fmt)
     lines = events = findings = 0
     digest = hashlib.sha256()
+    checking_cpu = checking_wall = 0.0  # spent on the digest, left out of the rates
     rss: dict[int, float] = {}
     marks = [50_000, 300_000, 500_000]
+    # the findings written as `breachwatch scan --json` prints them, one JSON document a line
+    written = (log.parent / "findings.jsonl").open("w", encoding="utf-8")
+
+    def handle(result: BatchResult) -> None:
+        nonlocal events, findings, checking_cpu, checking_wall
+        events, findings = events + result.events, findings + len(result.findings)
+        for finding in result.findings:
+            written.write(finding_line(finding))
+            written.write("\n")
+        spent = _digest(result.findings, digest)
+        checking_cpu, checking_wall = checking_cpu + spent[0], checking_wall + spent[1]
+
     started, cpu0 = time.perf_counter(), time.process_time()
     try:
         for _ in range(passes):
@@ -185,21 +209,20 @@ def pipeline(
                 else:
                     records.extend(framer.push_many(block))
                 if len(records) >= batch:
-                    result = pipe.process(records, fmt, "pg-main")
-                    events, findings = events + result.events, findings + len(result.findings)
-                    _digest(result.findings, digest)
+                    handle(pipe.process(records, fmt, "pg-main"))
                     records = []
                 while marks and lines >= marks[0]:
                     rss[marks.pop(0)] = rss_mb()
             records.extend(framer.flush())
-            result = pipe.process(records, fmt, "pg-main")
-            events, findings = events + result.events, findings + len(result.findings)
-            _digest(result.findings, digest)
+            handle(pipe.process(records, fmt, "pg-main"))
+        written.close()
     finally:
+        written.close()
         pg_events._TEMPLATES, pg_events._TAGS, pg_events._FAST = saved
         sql_analysis.normalise = saved_normalise
         sql_analysis.analyze.cache_clear()
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - started
+    cpu = time.process_time() - cpu0 - checking_cpu
+    wall = time.perf_counter() - started - checking_wall
     rss[lines] = rss_mb()
     return {
         "lines": lines,
@@ -276,6 +299,11 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="CPU seconds per stage")
     args = parser.parse_args()
     print(f"command: {' '.join(sys.argv)}")
+    print(
+        "hot path: "
+        + ("C twins (breachwatch._speedups)" if native is not None else "pure Python")
+        + f"; Python {sys.version.split()[0]}"
+    )
     with tempfile.TemporaryDirectory(prefix="bw-bench-") as tmp:
         work = Path(tmp)
         log = work / "postgresql.log"

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from breachwatch.clock import SystemClock
@@ -24,14 +25,27 @@ from breachwatch.parsers.base import Record, push_lines
 from breachwatch.parsers.registry import build_format
 from breachwatch.pipeline import Pipeline
 from breachwatch.sources.files import read_line_batches
+from breachwatch.speedups import tune_gc
 from breachwatch.store.database import Database
 from breachwatch.store.schema import QuarantinedRecord
 
 EXIT_OK, EXIT_FOUND = 0, 1
 
 
+# One encoder for every document printed: json.dumps with options builds a new one per call,
+# which is a third of the cost of a finding's line in `scan --json`.
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _emit(value: object) -> None:
-    print(json.dumps(value, ensure_ascii=False, default=str))
+    print(_JSON.encode(value))
+
+
+def finding_line(finding: Finding) -> str:
+    """A finding as `scan --json` prints it: one compact JSON document, without the newline.
+    orjson, because a replay can print tens of thousands of findings: 0.5 µs a document where
+    the json module takes about 5 (benchmarks/bench_pipeline.py writes them this way too)."""
+    return orjson.dumps(finding_json(finding), default=str).decode()
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -92,7 +106,7 @@ def _source_for(config: DaemonConfig, path: Path, fmt: str | None) -> SourceConf
 def _record_batches(
     path: Path, source: SourceConfig, progress: _Progress
 ) -> Iterator[list[Record]]:
-    """The file's records, a list per read of about a megabyte (the batch APIs: one framer
+    """The file's records, a list per read of 128 KiB (the batch APIs: one framer
     call and one pipeline call per list, not one per line or record)."""
     fmt = build_format(source.format, source.options)
     framer = fmt.new_framer(str(path))
@@ -154,6 +168,7 @@ def scan(args: argparse.Namespace) -> int:
             raise ConfigError(str(path), "", "an existing log file")
         source = _source_for(config, path, args.format)
         pipeline = Pipeline(load_policy(config.policy))  # fresh windows per file
+        tune_gc()
         progress = _Progress(
             not args.no_progress and sys.stderr.isatty(), path.name, path.stat().st_size
         )
@@ -167,7 +182,7 @@ def scan(args: argparse.Namespace) -> int:
             for finding in result.findings:
                 found += 1
                 if args.json:
-                    _emit(finding_json(finding))
+                    print(finding_line(finding))
                 else:
                     pos = finding.evidence[0] if finding.evidence else None
                     rows.append(

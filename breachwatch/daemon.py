@@ -42,6 +42,7 @@ from breachwatch.notifications.wiring import (
 from breachwatch.pipeline import Pipeline
 from breachwatch.sdnotify import SystemdNotifier
 from breachwatch.sources.watch import DirectoryWatcher
+from breachwatch.speedups import tune_gc
 from breachwatch.store.database import Database
 from breachwatch.store.schema import Incident, Obligation, OutboxMessage, QuarantinedRecord
 
@@ -105,6 +106,7 @@ class Daemon:
         self.db.create_schema()
         self.pipeline = Pipeline(load_policy(config.policy))
         self.incidents = IncidentService(config)
+        tune_gc()
         self.start_ingest()
         self.start_notifications()
         self.start_references()

@@ -58,6 +58,11 @@ class Pipeline:
         self._volume = DistinctSubjectsDetector(view)
         self._anomaly = AnomalyDetectors(view)
         self._conditions = build_conditions(view)
+        self._anomaly_call = self._anomaly.__call__  # (see detect: a bound method is cheaper)
+        # Plan key (see detect) -> the stateless-when-quiet detectors to call, None for each
+        # that says it skips such events (nothing found, no state changed). Their verdicts
+        # depend on the policy and the key alone; keys come from logs, so this is bounded.
+        self._plans: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
 
     def process(self, records: Iterable[Record], fmt: LogFormat, store: str) -> BatchResult:
         # A batch allocates a dozen objects per line, none of them in a reference cycle, and
@@ -76,6 +81,17 @@ class Pipeline:
         findings = result.findings
         # A format that builds its events already enriched (pgaudit stderr) saves the second
         # construction of each event; any other format's events are enriched here.
+        run = getattr(fmt, "parse_and_detect", None)
+        if run is not None:  # parsing and detection in one loop (in C for pgaudit stderr)
+            result.events, result.newest_event = run(
+                records if type(records) is list else list(records),
+                store,
+                self._enricher,
+                self.detect,
+                findings,
+                result.failures,
+            )
+            return result
         parse_enriched = getattr(fmt, "parse_enriched", None)
         evaluate = self.evaluate if parse_enriched is None else self.detect
         enricher = self._enricher
@@ -118,21 +134,58 @@ class Pipeline:
 
     def detect(self, event: AccessEvent) -> list[Finding]:
         """The back half: every detector on one enriched event (in this order)."""
-        # Unrolled: a tuple of the four results and a loop over it cost more than the
-        # cheapest detectors themselves.
-        findings = self._need_to_know(event)
-        more = self._unbounded(event)
+        # Most events of a day repeat a few keys on which need-to-know, unbounded reads,
+        # volume and conditions say nothing and keep no state: one look-up of the key tells
+        # which of them to call at all. The key holds every field their ``skips`` depends on.
+        key = (
+            event.actor,
+            event.store,
+            event.objects,
+            event.action,
+            event.command,
+            event.application,
+            event.client,
+            event.person,
+            event.unbounded,
+            not event.subjects,
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            # Bound methods: calling an instance goes through its type's __call__ slot,
+            # twice the cost of calling its bound method.
+            ntk, unbounded_, volume_, cond = (
+                self._need_to_know,
+                self._unbounded,
+                self._volume,
+                self._conditions,
+            )
+            plan = self._plans[key] = (
+                None if ntk.skips(event) else ntk.__call__,
+                None if unbounded_.skips(event) else unbounded_.__call__,
+                None if volume_.skips(event) else volume_.__call__,
+                None if cond.skips(event) else cond.__call__,
+            )
+        need_to_know, unbounded, volume, conditions = plan
+        # Unrolled: a tuple of the results and a loop over it cost more than the cheapest
+        # detectors themselves.
+        findings = [] if need_to_know is None else need_to_know(event)
+        if unbounded is not None:
+            more = unbounded(event)
+            if more:
+                findings = [*findings, *more]
+        if volume is not None:
+            more = volume(event)
+            if more:
+                findings = [*findings, *more]
+        more = self._anomaly_call(event)
         if more:
             findings = [*findings, *more]
-        more = self._volume(event)
-        if more:
-            findings = [*findings, *more]
-        more = self._anomaly(event)
-        if more:
-            findings = [*findings, *more]
-        more = self._conditions(event)
-        if more:
-            findings = [*findings, *more]
+        if conditions is not None:
+            more = conditions(event)
+            if more:
+                findings = [*findings, *more]
         return findings
 
     def reference_holders(self) -> tuple[Holder[Any], ...]:

@@ -3,10 +3,11 @@ shared suppression layer, with one snapshot for the daemon to commit with the of
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from breachwatch.detection.anomaly_policy import DetectionPolicy
-from breachwatch.detection.baseline import BaselineDetector
+from breachwatch.detection.baseline import COUNTED_ACTIONS, BaselineDetector
 from breachwatch.detection.behaviour import BehaviourDetector
 from breachwatch.detection.findings import Finding
 from breachwatch.detection.need_to_know import PolicyView
@@ -37,30 +38,47 @@ class AnomalyDetectors:
             except SigmaError as exc:
                 raise ConfigError("policy", "detection.sigma_rules", str(exc)) from exc
         self.sigma = SigmaDetector(rules, self.suppressor) if len(rules) else None
-        self._parts = tuple(
-            part
-            for part, on in (
-                (self.baseline, config.baselines.enabled),
-                (self.behaviour, config.behaviour.enabled),
-                (self.sigma, self.sigma is not None),
-            )
-            if on and part is not None
-        )
         self._swept: Any = None
         self._sweep_every = self.suppressor.window
+        # The sweep is due only when the event time moves on: events come in runs of one
+        # timestamp (one datetime object), and within a run the last check stands (exact
+        # for a positive window: a sweep at ``t`` leaves ``t - swept`` at zero; with any
+        # other window every event checks).
+        self._checked: Any = None
+        self._same_time_stands = self._sweep_every > timedelta(0)
+        # The parts as bound methods (None when off): calling an instance goes through its
+        # type's __call__ slot, twice the cost of calling its bound method. The baseline
+        # looks at counted actions only (it returns at once, untouched, for the others).
+        self._baseline = self.baseline.__call__ if config.baselines.enabled else None
+        self._behaviour = self.behaviour.__call__ if config.behaviour.enabled else None
+        self._sigma = self.sigma.__call__ if self.sigma is not None else None
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        found: list[Finding] = []
-        for part in self._parts:
-            more = part(event)
+        baseline = self._baseline
+        behaviour = self._behaviour
+        if baseline is not None and event.action in COUNTED_ACTIONS:
+            found = baseline(event)  # a fresh list (each part returns its own)
+            if behaviour is not None:
+                more = behaviour(event)
+                if more:
+                    found += more
+        elif behaviour is not None:
+            found = behaviour(event)
+        else:
+            found = []
+        if self._sigma is not None:
+            more = self._sigma(event)
             if more:
                 found += more
         # Forget old suppression keys now and then (event time, once per window).
-        swept = self._swept
         time = event.time
-        if swept is None or time - swept >= self._sweep_every:
-            self.suppressor.sweep(time)
-            self._swept = time
+        if time is not self._checked:
+            swept = self._swept
+            if swept is None or time - swept >= self._sweep_every:
+                self.suppressor.sweep(time)
+                self._swept = time
+            if self._same_time_stands:
+                self._checked = time
         return found
 
     def snapshot(self) -> dict[str, Any]:

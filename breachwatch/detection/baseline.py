@@ -217,6 +217,10 @@ class BaselineDetector:
         # person of each staff account: both from the policy alone (bounded: keys are logged).
         self._counted: dict[tuple[str, str, tuple[str, ...]], bool] = {}
         self._persons = view.persons
+        self._enabled = config.enabled  # (the config is frozen)
+        # The last event time asked and its window ordinal (see __call__).
+        self._clock_time: datetime | None = None
+        self._clock_ordinal = 0
         if config.seed is not None:
             self.seed(read_seed(config.seed, self.windows))
 
@@ -275,7 +279,7 @@ class BaselineDetector:
 
     # ---- detection --------------------------------------------------------------------
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        if event.action not in COUNTED_ACTIONS or not self.config.enabled:
+        if event.action not in COUNTED_ACTIONS or not self._enabled:
             return []
         actor = event.actor
         counted_key = (actor, event.store, event.objects)
@@ -291,9 +295,16 @@ class BaselineDetector:
         key = person or actor
         state = self._actors.get(key)
         if state is None:
-            state = self._actor(key, event.actor)
-        windows = self.windows
-        ordinal = windows.local_seconds(event.time) // windows.seconds
+            state = self._actor(key, actor)
+        # Events come in runs of one timestamp (one datetime object): its window ordinal is
+        # worked out once per run.
+        time = event.time
+        if time is self._clock_time:
+            ordinal = self._clock_ordinal
+        else:
+            windows = self.windows
+            ordinal = self._clock_ordinal = windows.local_seconds(time) // windows.seconds
+            self._clock_time = time
         current = state.current
         if current is not None and current.ordinal < ordinal:
             self._close(state)
@@ -302,12 +313,14 @@ class BaselineDetector:
             current = state.current = _Current(ordinal)
         elif current.ordinal > ordinal:
             return []  # a late record of a window already closed: too late to count
-        before = len(current.subjects)
+        subjects = current.subjects
+        before = len(subjects)
         if before < _SUBJECT_CAP:
-            current.subjects.update(event.subjects)
-        current.statements += 1
-        if len(current.evidence) < _EVIDENCE:
-            current.evidence.append(event.position)
+            subjects.update(event.subjects)
+        statements = current.statements = current.statements + 1
+        evidence = current.evidence
+        if len(evidence) < _EVIDENCE:
+            evidence.append(event.position)
         objects = current.objects
         if len(objects) < 32:
             for obj in event.objects:
@@ -315,13 +328,15 @@ class BaselineDetector:
                     objects[obj] = None
         if current.epoch != self._epoch:
             self._bounds(state, current)
-        found: list[Finding] = []
-        count = len(current.subjects)
+        count = len(subjects)
         if count > before and count > current.subjects_bound:
-            found += self._check(event, person, key, state, SUBJECTS_RULE)
-        if current.statements > current.statements_bound:
-            found += self._check(event, person, key, state, STATEMENTS_RULE)
-        return found
+            found = self._check(event, person, key, state, SUBJECTS_RULE)
+            if statements > current.statements_bound:
+                found += self._check(event, person, key, state, STATEMENTS_RULE)
+            return found
+        if statements > current.statements_bound:
+            return self._check(event, person, key, state, STATEMENTS_RULE)
+        return []
 
     def _bounds(self, state: _Actor, current: _Current) -> None:
         config = self.config

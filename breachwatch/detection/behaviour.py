@@ -41,10 +41,14 @@ from breachwatch.detection.suppression import Suppressor
 from breachwatch.events import AccessEvent, Action, SourcePosition
 
 HOUR_ACTIONS = ACCESS_ACTIONS | {Action.LOGIN}
+# The members the per-event path compares with, as module names: ``Action.LOGIN`` goes
+# through the enum type's attribute look-up, several times the cost of a global.
+_LOGIN = Action.LOGIN
+_LOGIN_FAILED = Action.LOGIN_FAILED
+_DENIED = Action.DENIED
 _HOUR_CAP = 10_000.0  # histogram total above which every bucket is halved (decay)
 _VERSION = re.compile(r"^v?\d[\w.\-]*$")
 _UNKNOWN_APPS = frozenset({"", "[unknown]", "unknown", "-"})
-_NOVELTY_ACTIONS = ACCESS_ACTIONS | {Action.LOGIN}
 _UNKNOWN = "\0not cached"  # "not in the family cache" (compared by identity, never by value)
 _CACHE_LIMIT = 4096  # keys come from log records: every cache below is bounded
 # A key the profile remembers an access by, with the object as logged and its data-map entry
@@ -150,6 +154,17 @@ class BehaviourDetector:
         self._touches: dict[tuple[str, tuple[str, ...]], tuple[_Touch, ...]] = {}
         self._families: dict[str | None, str | None] = {}
         self._persons = view.persons  # staff account -> person, per policy
+        # The policy's numbers, read once (the config is frozen).
+        self._enabled = config.enabled
+        self._max_actors = config.max_actors
+        self._learning_events = config.learning_events
+        self._learning = config.learning
+        self._unusual_hours = config.unusual_hours
+        self._hour_learning_days = config.hour_learning_days
+        # The last event time asked and its local hour and day (see __call__).
+        self._clock_time: datetime | None = None
+        self._clock_hour = 0
+        self._clock_day = 0
 
     def learned(self, actor: str, now: datetime) -> bool:
         profile = self._profiles.get(actor)
@@ -157,20 +172,19 @@ class BehaviourDetector:
 
     def _learned(self, profile: _Profile, now: datetime) -> bool:
         return (
-            profile.events >= self.config.learning_events
-            and now - profile.first_seen >= self.config.learning
+            profile.events >= self._learning_events and now - profile.first_seen >= self._learning
         )
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
         # The per-event path keeps to the stateful parts (histogram, recency of objects,
         # clients, applications); attributes are read once into locals, and nothing is
-        # allocated beyond the result list unless a check fires.
-        config = self.config
-        if not config.enabled:
+        # allocated beyond the result list unless a check fires. Whether the profile is
+        # learnt is only asked when a check could fire (it has no side effect).
+        if not self._enabled:
             return []
         action = event.action
         found: list[Finding] = []
-        if action is Action.LOGIN_FAILED:
+        if action is _LOGIN_FAILED:
             found += self._brute_force(event)
         actor = event.actor
         if self._exempt and self._exempt & self._view.roles_of(actor):
@@ -181,31 +195,64 @@ class BehaviourDetector:
         profile = self._profiles.get(key)
         if profile is None:
             profile = self._profiles[key] = _Profile(first_seen=time)
-            if len(self._profiles) > config.max_actors:
+            if len(self._profiles) > self._max_actors:
                 del self._profiles[next(iter(self._profiles))]
-        learned = (
-            profile.events >= config.learning_events
-            and time - profile.first_seen >= config.learning
-        )
-        if action is Action.DENIED:
-            found += self._denied(event, person, profile)
         if action in HOUR_ACTIONS:
-            local = self._local.local_seconds(time)
-            hour = (local // 3600) % 24
-            day = local // 86400
-            if learned and config.unusual_hours and profile.days >= config.hour_learning_days:
+            # Events come in runs of one timestamp (one datetime object): its local hour and
+            # day are worked out once per run.
+            if time is self._clock_time:
+                hour = self._clock_hour
+                day = self._clock_day
+            else:
+                local = self._local.local_seconds(time)
+                hour = self._clock_hour = (local // 3600) % 24
+                day = self._clock_day = local // 86400
+                self._clock_time = time
+            if (
+                profile.days >= self._hour_learning_days
+                and self._unusual_hours
+                and self._learned(profile, time)
+            ):
                 found += self._hour(event, person, profile, hour, day)
             if day > profile.last_day:
                 profile.days += 1
                 profile.last_day = day
             hours = profile.hours
-            hours[hour] += 1.0
-            if hours[hour] > _HOUR_CAP:
+            count = hours[hour] + 1.0
+            hours[hour] = count
+            if count > _HOUR_CAP:
                 profile.hours = [h / 2 for h in hours]
-        if action in _NOVELTY_ACTIONS:
-            more = self._novelty(event, person, profile, learned)
-            if more:
-                found += more
+            # Novelty (HOUR_ACTIONS are its actions too), inlined: the common case (everything
+            # known) only marks values as used, one C call each (OrderedDict.move_to_end
+            # raises for a new value), and builds no text until something is new.
+            if action is not _LOGIN:
+                store = event.store
+                touches = self._touches.get((store, event.objects))
+                if touches is None:
+                    touches = self._touches_of(store, event.objects)
+                move = profile.objects.move_to_end
+                for touched, obj, entry in touches:
+                    try:
+                        move(touched)
+                    except KeyError:
+                        found += self._first_access(event, person, profile, touched, obj, entry)
+            client = event.client
+            if client:
+                try:
+                    profile.clients.move_to_end(client)
+                except KeyError:
+                    found += self._new_client(event, person, profile, client)
+            application = event.application
+            family = self._families.get(application, _UNKNOWN)
+            if family is _UNKNOWN:
+                family = self._family(application)
+            if family:
+                try:
+                    profile.apps.move_to_end(family)
+                except KeyError:
+                    found += self._new_application(event, person, profile, family)
+        elif action is _DENIED:
+            found += self._denied(event, person, profile)
         profile.events += 1
         return found
 
@@ -293,72 +340,39 @@ class BehaviourDetector:
             self._families[application] = family
             return family
 
-    def _novelty(
-        self, event: AccessEvent, person: str | None, profile: _Profile, learned: bool
-    ) -> list[Finding] | None:
-        # The common case (everything known) only marks values as used, one C call each
-        # (OrderedDict.move_to_end raises for a new value): no text is built and nothing is
-        # allocated until something is new.
-        found: list[Finding] | None = None
-        if event.action is not Action.LOGIN:
-            touches = self._touches.get((event.store, event.objects))
-            if touches is None:
-                touches = self._touches_of(event.store, event.objects)
-            objects = profile.objects
-            for key, obj, entry in touches:
-                try:
-                    objects.move_to_end(key)
-                except KeyError:
-                    more = self._first_access(event, person, profile, learned, key, obj, entry)
-                    if more:
-                        found = (found or []) + more
-        client = event.client
-        if client:
-            clients = profile.clients
-            try:
-                clients.move_to_end(client)
-            except KeyError:
-                more = self._novel(
-                    event,
-                    person,
-                    clients,
-                    learned,
-                    client,
-                    "behaviour.new_client",
-                    f"client:{client}",
-                    f"connected from {client}, an address",
-                )
-                if more:
-                    found = (found or []) + more
-        application = event.application
-        family = self._families.get(application, _UNKNOWN)
-        if family is _UNKNOWN:
-            family = self._family(application)
-        if family:
-            apps = profile.apps
-            try:
-                apps.move_to_end(family)
-            except KeyError:
-                more = self._novel(
-                    event,
-                    person,
-                    apps,
-                    learned,
-                    family,
-                    "behaviour.new_application",
-                    f"app:{family}",
-                    f"used the application {application!r},",
-                )
-                if more:
-                    found = (found or []) + more
-        return found
+    def _new_client(
+        self, event: AccessEvent, person: str | None, profile: _Profile, client: str
+    ) -> list[Finding]:
+        return self._novel(
+            event,
+            person,
+            profile,
+            profile.clients,
+            client,
+            "behaviour.new_client",
+            f"client:{client}",
+            f"connected from {client}, an address",
+        )
+
+    def _new_application(
+        self, event: AccessEvent, person: str | None, profile: _Profile, family: str
+    ) -> list[Finding]:
+        return self._novel(
+            event,
+            person,
+            profile,
+            profile.apps,
+            family,
+            "behaviour.new_application",
+            f"app:{family}",
+            f"used the application {event.application!r},",
+        )
 
     def _first_access(
         self,
         event: AccessEvent,
         person: str | None,
         profile: _Profile,
-        learned: bool,
         key: str,
         obj: str | None,
         entry: DataMapEntry | None,
@@ -366,7 +380,7 @@ class BehaviourDetector:
         """``key`` is new to the profile: remember it, and say so once the profile is learnt."""
         config = self.config
         _remember(profile.objects, key, config.max_known)
-        if not (learned and config.first_access):
+        if not (config.first_access and self._learned(profile, event.time)):
             return []
         who = describe_actor(event, person)
         if obj is None or entry is None:
@@ -384,8 +398,8 @@ class BehaviourDetector:
         self,
         event: AccessEvent,
         person: str | None,
+        profile: _Profile,
         known: OrderedDict[str, None],
-        learned: bool,
         value: str,
         rule: str,
         cause: str,
@@ -397,7 +411,7 @@ class BehaviourDetector:
         config = self.config
         before = list(known)[-5:]  # the recent ones, as they were before this event
         _remember(known, value, config.max_known)
-        if not (learned and config.new_client):
+        if not (config.new_client and self._learned(profile, event.time)):
             return []
         text = (
             f"{describe_actor(event, person)} {what} not seen for them before "

@@ -24,7 +24,7 @@ from breachwatch.clock import Clock, SystemClock
 from breachwatch.detection.casework import CaseIndex
 from breachwatch.detection.conditions_state import dump_state, grant_key, load_state
 from breachwatch.detection.findings import Finding
-from breachwatch.detection.navigation import Navigation
+from breachwatch.detection.navigation import WEB_METHODS, Navigation
 from breachwatch.detection.need_to_know import (
     ACCESS_ACTIONS,
     PolicyView,
@@ -153,28 +153,15 @@ class PolicyConditionsDetector:
     def __call__(self, event: AccessEvent) -> list[Finding]:
         if event.action not in ACCESS_ACTIONS:
             return []
-        event = self._navigation(event)  # web pages about the customer of their Referer
+        if event.command in WEB_METHODS:  # (Navigation returns any other event untouched)
+            event = self._navigation(event)  # web pages about the customer of their Referer
         if self._casework is not None and event.action is Action.WRITE:
             for case_id in self._casework.closed_cases(event):
                 known = self._closed.get(case_id)
                 if known is None or event.time < known:
                     self._closed[case_id] = event.time
-        if self.use_plans:
-            plan = (
-                event.actor,
-                event.store,
-                event.objects,
-                event.action,
-                event.application,
-                event.client,
-                not event.subjects,
-            )
-            quiet = self._plans.get(plan)
-            if quiet is None:
-                quiet = self._always_quiet(event)
-                _remember(self._plans, plan, quiet)
-            if quiet:
-                return []
+        if self.use_plans and self._planned_quiet(event):
+            return []
         personal = tuple(o for o in event.objects if self._entry(event.store, o)[0])
         if not personal:
             return []
@@ -227,6 +214,37 @@ class PolicyConditionsDetector:
                 purposes = granted
         self._registry_rules(event, personal, purposes, aggregate, out)
         return out.found
+
+    def _planned_quiet(self, event: AccessEvent) -> bool:
+        plan = (
+            event.actor,
+            event.store,
+            event.objects,
+            event.action,
+            event.application,
+            event.client,
+            not event.subjects,
+        )
+        quiet = self._plans.get(plan)
+        if quiet is None:
+            quiet = self._always_quiet(event)
+            _remember(self._plans, plan, quiet)
+        return quiet
+
+    def skips(self, event: AccessEvent) -> bool:
+        """True when every event that agrees with ``event`` on action, command, actor, store,
+        objects, application, client and naming subjects or not returns nothing here and
+        changes no state, so a caller may skip it: the plan says quiet, and the event is
+        neither a web request (pages seen) nor a write that may close a case."""
+        if event.action not in ACCESS_ACTIONS:
+            return True
+        if (
+            not self.use_plans
+            or event.command in WEB_METHODS
+            or (self._casework is not None and event.action is Action.WRITE)
+        ):
+            return False
+        return self._planned_quiet(event)
 
     def _always_quiet(self, event: AccessEvent) -> bool:
         """Whether ``__call__`` returns nothing for every event sharing this one's actor,

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TypeAlias
 
-from breachwatch.events import AccessEvent, SourcePosition
+from breachwatch.events import AccessEvent, SourcePosition, fast_init
 
 
 class Severity(StrEnum):
@@ -25,6 +25,9 @@ class Severity(StrEnum):
 _RANKS = {Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3, Severity.CRITICAL: 4}
 
 
+# fast_init: the unbounded-read detector alone builds one per bulk read (tens of thousands a
+# day), and the generated frozen __init__ was most of that cost.
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One rule or detector firing on one event (or a window of events)."""

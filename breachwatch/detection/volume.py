@@ -20,16 +20,25 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from breachwatch.detection.findings import Finding
-from breachwatch.detection.need_to_know import PolicyView, describe_actor, finding, person_of
+from breachwatch.detection.findings import Finding, Severity
+from breachwatch.detection.need_to_know import PolicyView, describe_actor
 from breachwatch.detection.policy import Policy
 from breachwatch.detection.rules import RULES
-from breachwatch.events import AccessEvent, Action, SourcePosition
+from breachwatch.events import AccessEvent, Action, SourcePosition, fast_init
 
 # Reads and exports are what leave the store; writes to many customers are a different story.
 COUNTED_ACTIONS = frozenset({Action.READ, Action.EXPORT})
+# As module names for the per-event path: ``Action.READ`` goes through the enum type's
+# attribute look-up, several times the cost of a global.
+_READ = Action.READ
+_EXPORT = Action.EXPORT
+# What an unbounded read or export says, apart from the event's own fields: rule, severity,
+# controls, objects named, explanation, categories.
+_Plan = tuple[str, Severity, tuple[str, ...], tuple[str, ...], str, tuple[str, ...]]
+_UNPLANNED: Any = object()  # "not in the plan cache" (None is a plan: "say nothing")
 
 
+@fast_init  # one per counted read
 @dataclass(frozen=True, slots=True)
 class _Sighting:
     time: datetime
@@ -41,6 +50,7 @@ class _Sighting:
 @dataclass(slots=True)
 class _Window:
     newest: datetime
+    horizon: datetime  # newest - the detector's span: sightings at or before it are out
     quiet_until: datetime | None = None
     latest: dict[str, _Sighting] = field(default_factory=dict)  # subject -> newest sighting
     # (time, subject) of every sighting, oldest first; entries superseded by a newer
@@ -124,6 +134,9 @@ class DistinctSubjectsDetector:
         self._counted: dict[tuple[str, str, tuple[str, ...]], bool] = {}
         self._watermark: datetime | None = None
         self._swept: datetime | None = None
+        self._persons = self._policy.persons
+        self._sweep_checked: datetime | None = None  # the last time _sweep was asked about
+        self._recheck_same_time = not self._span > timedelta(0)
 
     def tracked(self, actor: str) -> int:
         """How many subjects are held for an actor (person id, or account when not staff)."""
@@ -133,34 +146,36 @@ class DistinctSubjectsDetector:
     def __call__(self, event: AccessEvent) -> list[Finding]:
         if event.action not in COUNTED_ACTIONS or not event.subjects:
             return []
-        policy = self._policy
+        actor = event.actor
         # Personal objects, by an actor with no exempt role: depends on these three only.
-        counted_key = (event.actor, event.store, event.objects)
+        counted_key = (actor, event.store, event.objects)
         counted = self._counted.get(counted_key)
         if counted is None:
-            counted = any(policy.is_personal(event.store, o) for o in event.objects) and not (
-                self._exempt & policy.roles_of(event.actor)
-            )
-            if len(self._counted) >= 4096:
-                self._counted.clear()
-            self._counted[counted_key] = counted
+            counted = self._counts(event)
         if not counted:
             return []
-        self._sweep(event.time)
-        person = person_of(policy, event)
-        key = person or event.actor
+        time = event.time
+        # Events come in runs of one timestamp (one datetime object): within a run the
+        # first sweep check stands (exact for a positive span, see _sweep).
+        if time is not self._sweep_checked or self._recheck_same_time:
+            self._sweep(time)
+            self._sweep_checked = time
+        person = self._persons.get(actor, event.person)  # person_of(), inlined
+        key = person or actor
         window = self._windows.get(key)
         if window is None:
-            window = self._windows[key] = _Window(newest=event.time)
-        time = event.time
-        if time > window.newest:
+            window = self._windows[key] = _Window(time, time - self._span)
+        elif time > window.newest:
             window.newest = time
-        horizon = window.newest - self._span
+            window.horizon = time - self._span
+        horizon = window.horizon
         if time > horizon:
-            sighting = _Sighting(event.time, event.store, event.position, event.objects)
+            sighting = _Sighting(time, event.store, event.position, event.objects)
             for subject in event.subjects:
                 window.add(subject, sighting)
-        window.evict(horizon, self._cap)
+        heap = window.heap
+        if (heap and heap[0][0] <= horizon) or len(window.latest) > self._cap:
+            window.evict(horizon, self._cap)
         if len(window.latest) <= self._threshold:
             return []
         if window.quiet_until is not None and window.newest < window.quiet_until:
@@ -168,7 +183,30 @@ class DistinctSubjectsDetector:
         window.quiet_until = window.newest + self._span
         return [self._finding(event, person, window)]
 
+    def skips(self, event: AccessEvent) -> bool:
+        """True when every event that agrees with ``event`` on action, actor, store, objects
+        and naming subjects or not is not counted: it returns nothing and changes no state,
+        so a caller may skip it."""
+        if event.action not in COUNTED_ACTIONS or not event.subjects:
+            return True
+        counted = self._counted.get((event.actor, event.store, event.objects))
+        return not (self._counts(event) if counted is None else counted)
+
+    def _counts(self, event: AccessEvent) -> bool:
+        """Personal objects, by an actor with no exempt role (cached: depends on the actor,
+        store and objects only)."""
+        policy = self._policy
+        counted = any(policy.is_personal(event.store, o) for o in event.objects) and not (
+            self._exempt & policy.roles_of(event.actor)
+        )
+        if len(self._counted) >= 4096:
+            self._counted.clear()
+        self._counted[(event.actor, event.store, event.objects)] = counted
+        return counted
+
     def _sweep(self, time: datetime) -> None:
+        # (Called twice with one time, the second call changes nothing: the watermark stands
+        # and the first call either returned early or set ``swept`` to the watermark.)
         if self._watermark is None or time > self._watermark:
             self._watermark = time
         if self._swept is not None and self._watermark - self._swept < self._span:
@@ -246,7 +284,7 @@ class DistinctSubjectsDetector:
         state = _DetectorState.model_validate(data)
         windows: dict[str, _Window] = {}
         for saved in state.windows:
-            window = _Window(newest=saved.newest, quiet_until=saved.quiet_until)
+            window = _Window(saved.newest, saved.newest - self._span, saved.quiet_until)
             for s in saved.sightings:
                 position = SourcePosition(s.path, s.offset, s.line, s.length)
                 window.add(s.subject, _Sighting(s.time, s.store, position, s.objects))
@@ -256,6 +294,7 @@ class DistinctSubjectsDetector:
         self._windows = windows
         self._watermark = state.watermark
         self._swept = state.swept
+        self._sweep_checked = None
 
 
 class UnboundedReadDetector:
@@ -266,37 +305,74 @@ class UnboundedReadDetector:
     def __init__(self, policy: Policy | PolicyView) -> None:
         self._policy = policy if isinstance(policy, PolicyView) else PolicyView(policy)
         self._reads = self._policy.anomaly.unbounded_reads
-        # (rule, actor, person, store, objects, unbounded) -> (objects named, explanation), or
-        # None when nothing is said: both follow from the key and the policy alone, and a
-        # bulk reader repeats the same key thousands of times a day (bounded: keys are logged).
-        self._plans: dict[tuple[Any, ...], tuple[tuple[str, ...], str] | None] = {}
+        self._persons = self._policy.persons
+        # (rule, actor, person, store, objects, unbounded) -> everything of the finding that
+        # is not the event's own (rule, severity, controls, objects named, explanation,
+        # categories), or None when nothing is said: all follow from the key and the policy
+        # alone, and a bulk reader repeats the same key thousands of times a day (bounded:
+        # keys are logged).
+        self._plans: dict[tuple[Any, ...], _Plan | None] = {}
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
         action = event.action
-        if action is Action.EXPORT:
+        if action is _EXPORT:
             rule = "anomaly.export"
-        elif action is Action.READ and event.unbounded and self._reads:
+        elif action is _READ and event.unbounded and self._reads:
             rule = "anomaly.unbounded_read"
         else:
             return []
-        policy = self._policy
-        person = policy.person_of(event)
-        key = (rule, event.actor, person, event.store, event.objects, event.unbounded)
-        try:
-            plan = self._plans[key]
-        except KeyError:
-            plan = self._plan(rule, event, person)
-            if len(self._plans) >= 4096:
-                self._plans.clear()
-            self._plans[key] = plan
+        actor = event.actor
+        person = self._persons.get(actor, event.person)  # PolicyView.person_of, inlined
+        key = (rule, actor, person, event.store, event.objects, event.unbounded)
+        plan = self._plans.get(key, _UNPLANNED)
+        if plan is _UNPLANNED:
+            plan = self._plan(key, event)
         if plan is None:
             return []
-        personal, text = plan
-        return [finding(policy, rule, event, text, person=person, objects=personal)]
+        rule, severity, controls, personal, text, categories = plan
+        # Positional, as need_to_know.finding() builds it (keywords cost a third).
+        return [
+            Finding(
+                rule,
+                severity,
+                event.time,
+                actor,
+                event.store,
+                text,
+                controls,
+                (event.position,),
+                person,
+                personal,
+                event.subjects,
+                categories,
+            )
+        ]
 
-    def _plan(
-        self, rule: str, event: AccessEvent, person: str | None
-    ) -> tuple[tuple[str, ...], str] | None:
+    def skips(self, event: AccessEvent) -> bool:
+        """True when every event that agrees with ``event`` on action, unbounded, actor,
+        person, store and objects raises nothing (the detector keeps no state), so a caller
+        may skip it."""
+        action = event.action
+        if action is _EXPORT:
+            rule = "anomaly.export"
+        elif action is _READ and event.unbounded and self._reads:
+            rule = "anomaly.unbounded_read"
+        else:
+            return True
+        person = self._persons.get(event.actor, event.person)
+        key = (rule, event.actor, person, event.store, event.objects, event.unbounded)
+        plan = self._plans.get(key, _UNPLANNED)
+        return (self._plan(key, event) if plan is _UNPLANNED else plan) is None
+
+    def _plan(self, key: tuple[Any, ...], event: AccessEvent) -> _Plan | None:
+        """The plan of ``key`` (rule, actor, person, store, objects, unbounded), cached."""
+        plan = self._make_plan(key[0], event, key[2])
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _make_plan(self, rule: str, event: AccessEvent, person: str | None) -> _Plan | None:
         policy = self._policy
         personal = tuple(o for o in event.objects if policy.is_personal(event.store, o))
         if not personal:
@@ -318,4 +394,11 @@ class UnboundedReadDetector:
                 f"{who} read {names} ({kinds}) without a data-subject predicate or with a "
                 f"LIMIT above {policy.anomaly.limit_bound}: potentially every customer's data."
             )
-        return personal, text
+        return (
+            rule,
+            policy.severity_of(rule),
+            RULES[rule].controls,
+            personal,
+            text,
+            policy.categories_of(event.store, personal),
+        )

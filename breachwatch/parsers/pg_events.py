@@ -316,18 +316,7 @@ def audit_payload_event(
     tag_key = (base_tags, stmt_id, substmt_id, logged, record_tags)
     tags = _TAGS.get(tag_key)
     if tags is None:
-        tags = frozenset(
-            (
-                *record_tags,
-                *base_tags,
-                "stmt:" + stmt_id,
-                "substmt:" + substmt_id,
-                *(() if logged else ("parameters_not_logged",)),
-            )
-        )
-        if len(_TAGS) >= _TEMPLATE_LIMIT:
-            _TAGS.clear()
-        _TAGS[tag_key] = tags
+        tags = _event_tags(tag_key)
     actor = user or ""
     if enricher is None:
         return AccessEvent(
@@ -347,6 +336,25 @@ def audit_payload_event(
         enricher.person_of(actor), client, application, database, session, command_or_none,
         statement_or_none, params, unbounded, None, tags,
     )  # fmt: skip
+
+
+def _event_tags(key: tuple[tuple[str, ...], str, str, bool, tuple[str, ...]]) -> frozenset[str]:
+    """The tags of an event from (template tags, stmt id, substmt id, parameters logged,
+    record tags), remembered in ``_TAGS``."""
+    base_tags, stmt_id, substmt_id, logged, record_tags = key
+    tags = frozenset(
+        (
+            *record_tags,
+            *base_tags,
+            "stmt:" + stmt_id,
+            "substmt:" + substmt_id,
+            *(() if logged else ("parameters_not_logged",)),
+        )
+    )
+    if len(_TAGS) >= _TEMPLATE_LIMIT:
+        _TAGS.clear()
+    _TAGS[key] = tags
+    return tags
 
 
 def _general_fields(

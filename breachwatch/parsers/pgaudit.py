@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from breachwatch.detection.findings import Finding
 from breachwatch.errors import ParseFailure
-from breachwatch.events import AccessEvent, SourcePosition, fast_init
+from breachwatch.events import AccessEvent, Action, SourcePosition, fast_init
+from breachwatch.parsers import pg_events
 from breachwatch.parsers.base import Line, ParseResult, Record
 from breachwatch.parsers.pg_events import (
     PgRecordInfo,
@@ -26,6 +30,8 @@ from breachwatch.parsers.pg_events import (
     split_csv,
 )
 from breachwatch.parsers.pg_prefix import _TIMESTAMP, PrefixPattern, compile_prefix, load_zone
+from breachwatch.speedups import builder, native
+from breachwatch.sql import enrich as sql_enrich
 from breachwatch.sql.enrich import EventEnricher
 
 __all__ = ["PgStderrFramer", "PgauditStderrFormat", "decode_parameters", "split_csv"]
@@ -137,12 +143,39 @@ class _MatchedRecord(Record):
     matches: tuple[_Prefixed | None, ...] = ()
 
 
+def _new_lane(audit_line_py: Any) -> Any:
+    """The C twin of :meth:`PgStderrFramer._push_many` and of
+    :meth:`PgauditStderrFormat._audit_line_py` (with an enricher), or None without it."""
+    if native is None:
+        return None
+    return native.Lane(
+        builder(Record),
+        builder(_MatchedRecord),
+        _ATTACHED,
+        Line,
+        _Head,
+        pg_events._FAST,
+        pg_events._TAGS,
+        pg_events._general_fields,
+        decode_parameters,
+        pg_events._event_tags,
+        audit_line_py,
+        builder(AccessEvent),
+        builder(SourcePosition),
+        sql_enrich._NO_REFS,
+        sql_enrich._ROW_ACTIONS,
+        Action.READ,
+        Action.EXPORT,
+    )
+
+
 class PgStderrFramer:
     """Groups lines into records; holds the latest record until the next one starts."""
 
-    def __init__(self, path: str, pattern: PrefixPattern) -> None:
+    def __init__(self, path: str, pattern: PrefixPattern, lane: Any = None) -> None:
         self._path = path
         self._split = _PrefixSplitter(pattern)
+        self._lane = lane
         self._held: list[Line] = []
         self._matches: list[_Prefixed | None] = []
         self._held_key: str | None = None
@@ -183,6 +216,29 @@ class PgStderrFramer:
         return self._push_many(lines)
 
     def _push_many(self, lines: Iterable[Line]) -> list[Record]:
+        lane = self._lane
+        if lane is None:
+            return self._push_many_py(lines)
+        split = self._split
+        out, self._held, self._matches, self._held_key, last_time = lane.push_many(
+            lines if type(lines) is list else list(lines),
+            self._path,
+            split,
+            split._heads,
+            split._time_ok,
+            split._fast,
+            split._last_time,
+            self._held,
+            self._matches,
+            self._held_key,
+        )
+        if last_time is not None:
+            split._last_time = last_time
+        records: list[Record] = out
+        return records
+
+    def _push_many_py(self, lines: Iterable[Line]) -> list[Record]:
+        """:meth:`_push_many` in Python: the definition of what the C twin does."""
         out: list[Record] = []
         path = self._path
         split = self._split
@@ -240,9 +296,10 @@ class PgauditStderrFormat:
         self._time = TimeCache(load_zone(timezone))
         self._time_get = self._time.get  # a cache hit without a Python-level call
         self._split = _PrefixSplitter(self._pattern)
+        self._lane = _new_lane(self._audit_line_py)
 
     def new_framer(self, path: str) -> PgStderrFramer:
-        return PgStderrFramer(path, self._pattern)
+        return PgStderrFramer(path, self._pattern, self._lane)
 
     def parse(self, record: Record, store: str) -> ParseResult:
         try:
@@ -273,8 +330,11 @@ class PgauditStderrFormat:
     def parse_enriched(self, record: Record, store: str, enricher: EventEnricher) -> ParseResult:
         """:meth:`parse` with every event passed through ``enricher.enrich``; the usual record,
         one clean AUDIT line, is built once, already enriched, instead of twice."""
+        lane = self._lane
+        if lane is None:
+            return self._parse_enriched_py(record, store, enricher)
         try:
-            event = self._audit_line(record, store, enricher)
+            event = lane.audit_line(record, store, enricher, self._time, self._time._cache)
             if event is not None:
                 return [event]
             events = self._general(record, store)
@@ -283,11 +343,79 @@ class PgauditStderrFormat:
         enrich = enricher.enrich
         return [enrich(e) for e in events]
 
-    def _audit_line(
+    def parse_and_detect(
+        self,
+        records: list[Record],
+        store: str,
+        enricher: EventEnricher,
+        detect: Callable[[AccessEvent], list[Finding]],
+        findings: list[Finding],
+        failures: list[tuple[Record, ParseFailure]],
+    ) -> tuple[int, datetime | None]:
+        """Each record parsed (as :meth:`parse_enriched`) and its events passed to ``detect``
+        at once, in order, while they are in the CPU's cache: (events, newest event time);
+        findings and failures are appended to the lists given."""
+        lane = self._lane
+        if lane is None:
+            return self._parse_and_detect_py(records, store, enricher, detect, findings, failures)
+        result: tuple[int, datetime | None] = lane.run(
+            records,
+            store,
+            enricher,
+            self._time,
+            self._time._cache,
+            self._parse_enriched_py,
+            detect,
+            findings,
+            failures,
+        )
+        return result
+
+    def _parse_and_detect_py(
+        self,
+        records: list[Record],
+        store: str,
+        enricher: EventEnricher,
+        detect: Callable[[AccessEvent], list[Finding]],
+        findings: list[Finding],
+        failures: list[tuple[Record, ParseFailure]],
+    ) -> tuple[int, datetime | None]:
+        """:meth:`parse_and_detect` in Python: the definition of what the C twin does."""
+        events = 0
+        newest: datetime | None = None
+        for record in records:
+            parsed = self._parse_enriched_py(record, store, enricher)
+            if isinstance(parsed, ParseFailure):
+                failures.append((record, parsed))
+                continue
+            for event in parsed:
+                events += 1
+                if newest is None or event.time > newest:
+                    newest = event.time
+                found = detect(event)
+                if found:
+                    findings.extend(found)
+        return events, newest
+
+    def _parse_enriched_py(
+        self, record: Record, store: str, enricher: EventEnricher
+    ) -> ParseResult:
+        """:meth:`parse_enriched` in Python: the definition of what the C twin does."""
+        try:
+            event = self._audit_line_py(record, store, enricher)
+            if event is not None:
+                return [event]
+            events = self._general(record, store)
+        except ParseFailure as failure:
+            return failure
+        enrich = enricher.enrich
+        return [enrich(e) for e in events]
+
+    def _audit_line_py(
         self, record: Record, store: str, enricher: EventEnricher | None
     ) -> AccessEvent | None:
         """The event of a record that is one clean, framed AUDIT line, without detours; None
-        for every other record."""
+        for every other record. (With an enricher, the C twin runs this when it has it.)"""
         if type(record) is not _MatchedRecord:
             return None
         lines = record.lines
@@ -319,7 +447,7 @@ class PgauditStderrFormat:
         )
 
     def _parse(self, record: Record, store: str) -> list[AccessEvent]:
-        event = self._audit_line(record, store, None)
+        event = self._audit_line_py(record, store, None)
         if event is not None:
             return [event]
         return self._general(record, store)
