@@ -168,6 +168,10 @@ lines_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t max_bytes = PyLong_AsSsize_t(args[4]);
     if (has_cr < 0 || PyErr_Occurred())
         return NULL;
+    if (max_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_line_bytes must not be negative");
+        return NULL;
+    }
     Builder *line_builder = as_builder(args[5]);
     if (line_builder == NULL)
         return NULL;
@@ -490,9 +494,10 @@ split_line(PyObject *text, PyObject *split, PyObject *heads, PyObject *time_ok, 
                     PyObject *time = PyUnicode_Substring(text, 0, sp);
                     if (time == NULL)
                         return NULL;
-                    int ok = *last_time != NULL && PyUnicode_GET_LENGTH(*last_time) == sp &&
-                             memcmp(PyUnicode_DATA(*last_time), s, (size_t)sp) == 0 &&
-                             PyUnicode_IS_ASCII(*last_time);
+                    int ok = *last_time != NULL && PyUnicode_Check(*last_time) &&
+                             PyUnicode_IS_ASCII(*last_time) &&
+                             PyUnicode_GET_LENGTH(*last_time) == sp &&
+                             memcmp(PyUnicode_DATA(*last_time), s, (size_t)sp) == 0;
                     if (!ok) {
                         PyObject *m = PyObject_CallOneArg(time_ok, time);
                         if (m == NULL) {

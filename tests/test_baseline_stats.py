@@ -88,3 +88,14 @@ def test_refuses_nonsense() -> None:
     with pytest.raises(ValueError):
         DecayingReservoir(0, 1.0)
     assert summarize([1.0, 2.0, 3.0]).label == "p99"
+
+
+def test_a_far_future_now_does_not_underflow_every_weight() -> None:
+    """Found by fuzzing: a line stamped decades ahead made every weight 0.5**age underflow to
+    0.0, and the weighted quantile raised. The weights keep their ratios instead."""
+    reservoir = DecayingReservoir(size=8, half_life=2.0)
+    for ordinal, value in [(0, 3.0), (1, 5.0), (2, 8.0), (3, 40.0)]:
+        reservoir.add(ordinal, value)
+    near = reservoir.summary(3, 0.5)
+    far = reservoir.summary(10**9, 0.5)
+    assert near is not None and far == near

@@ -20,10 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import breachwatch.parsers as parsers_pkg
+from breachwatch.detection.policy import load_policy
 from breachwatch.errors import ParseFailure
 from breachwatch.events import AccessEvent
-from breachwatch.parsers.base import Line, LogFormat
+from breachwatch.parsers.base import Line, LogFormat, ParseResult
 from breachwatch.parsers.registry import FORMAT_NAMES, build_format
+from breachwatch.pipeline import Pipeline
 from tests.test_parser_web_access import ROUTES
 
 PG_PREFIX = "%m [%p] %q%u@%d %a %h "
@@ -149,14 +151,38 @@ def run_format(fmt: LogFormat, lines: list[Line]) -> None:
     assert framer.pending_offset() is None
     covered = sorted(li.line_no for record in records for li in record.lines)
     assert covered == [line.line_no for line in lines], "a line lost or framed twice"
+    plain: list[ParseResult] = []
     for record in records:
         result = fmt.parse(record, "fuzz")  # must not raise
+        plain.append(result)
         assert isinstance(result, list | ParseFailure), type(result)
         if isinstance(result, list):
             for event in result:
                 assert isinstance(event, AccessEvent)
                 assert event.time.tzinfo is not None
                 assert event.actor is None or isinstance(event.actor, str)
+    if hasattr(framer, "push_many"):
+        # the batch path (in C when the twins are built) frames the same records
+        batched = fmt.new_framer("fuzz.log")
+        assert batched.push_many(lines) + batched.flush() == records  # type: ignore[attr-defined]
+    if hasattr(fmt, "parse_and_detect"):
+        # the pipeline's path: parsed already enriched (in C when built), then detected
+        batch = _fuzz_pipeline().process(records, fmt, "fuzz")
+        assert batch.events == sum(len(p) for p in plain if isinstance(p, list))
+        failed = [
+            (r, p.reason) for r, p in zip(records, plain, strict=True) if not isinstance(p, list)
+        ]
+        assert [(r, f.reason) for r, f in batch.failures] == failed
+
+
+_PIPELINE: list[Pipeline] = []
+
+
+def _fuzz_pipeline() -> Pipeline:
+    if not _PIPELINE:
+        root = Path(__file__).resolve().parents[1]
+        _PIPELINE.append(Pipeline(load_policy(root / "config" / "policy.yml")))
+    return _PIPELINE[0]
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))

@@ -178,6 +178,9 @@ def test_the_shape_and_its_literals() -> None:
         "SELECT * FROM t WHERE (id = 5",
         "SELECT * FROM t WHERE id = 5)",
         "SELECT * FROM t WHERE id = $1x",
+        # a string glued to a digit: its placeholder would read $10 (found by atheris)
+        "SELECT id, email FROM accounts WHERE email = 'simon.esposito3282@proton.me'0",
+        "SELECT * FROM t WHERE name = 'x'y",
     ],
 )
 def test_what_the_normaliser_is_not_sure_of_keeps_the_exact_path(sql: str) -> None:

@@ -104,6 +104,11 @@ class DecayingReservoir:
         values = [v for _, v in self._items]
         # Ages are clamped at 0: a seed or a late window may carry an ordinal ahead of "now".
         weights = [0.5 ** (max(now - o, 0) / self.half_life) for o, _ in self._items]
+        if not any(weights):
+            # Every age so large that its weight underflowed to 0.0 (a log line stamped decades
+            # ahead moves "now" that far): the same ratios, counted from the newest item.
+            newest = max(o for o, _ in self._items)
+            weights = [0.5 ** (max(newest - o, 0) / self.half_life) for o, _ in self._items]
         return summarize(values, weights, q)
 
     def dump(self) -> list[list[float]]:

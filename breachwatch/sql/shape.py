@@ -116,8 +116,8 @@ def normalise(sql: str) -> Normalised | None:
             text = m.group(kind)
             start, end = m.span(kind)
             nxt = _NEXT_RE.match(sql, end).group(1)  # type: ignore[union-attr]
-            if kind == "num" and _glued(sql, end):
-                return None
+            if _glued(sql, end):
+                return None  # 1e5, 0x1F; and 'a'0, whose placeholder would read $10
             if (
                 not frame[1]
                 and prev_kind != "str"  # 'a'\n'b' is one literal
