@@ -199,3 +199,23 @@ def test_alias_fan_out_and_huge_values_are_refused(kind: str, tmp_path: Path) ->
         target.write_text(text)
         with pytest.raises(ConfigError):
             (load_config if kind == "config" else load_policy)(target)
+
+
+@pytest.mark.parametrize("value", [-86_399_999_913_601, 10**20, 1e300, "99999999999d"])
+def test_a_duration_beyond_timedelta_is_refused(
+    tmp_path: Path, seeds: dict[str, Any], value: object
+) -> None:
+    """Found by the fuzzer: timedelta raised OverflowError, which is no validation error."""
+    doc = copy.deepcopy(seeds["config"])
+    doc["incidents"]["correlation_window"] = value
+    target = tmp_path / "config.yml"
+    target.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="correlation_window"):
+        load_config(target)
+
+
+def test_a_policy_duration_beyond_timedelta_is_a_validation_error() -> None:
+    from breachwatch.detection.policy_types import duration_parser
+
+    with pytest.raises(ValueError, match="a positive duration"):
+        duration_parser()("99999999999999999y")

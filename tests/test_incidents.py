@@ -110,3 +110,75 @@ def test_transitions_are_enforced_and_kept_in_history(tmp_path: Path) -> None:
         ]
     assert actions[0] == ("breachwatch", "opened")
     assert ("dpo", "state") in actions
+
+
+def _core_state(db: object) -> tuple[object, ...]:
+    """What correlation decides: each finding's incident (by the incident's first finding),
+    each incident's actor, severity, events span, categories and subjects."""
+    with db.transaction() as session:  # type: ignore[attr-defined]
+        incidents = {i.id: i for i in session.scalars(select(Incident))}
+        rows = list(session.scalars(select(FindingRow).order_by(FindingRow.id)))
+        first_key = {}
+        for row in rows:
+            if row.incident_id is not None:
+                first_key.setdefault(row.incident_id, row.key)
+        subjects: dict[int, set[str]] = {}
+        for s in session.scalars(select(IncidentSubject)):
+            subjects.setdefault(s.incident_id, set()).add(s.subject)
+        return (
+            sorted((r.key, first_key.get(r.incident_id)) for r in rows),
+            sorted(
+                (
+                    first_key.get(i.id),
+                    i.actor,
+                    i.severity,
+                    i.first_event_at,
+                    i.last_event_at,
+                    tuple(i.categories),
+                    tuple(sorted(subjects.get(i.id, ()))),
+                )
+                for i in incidents.values()
+            ),
+        )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_correlates_as_one_finding_at_a_time(tmp_path: Path, seed: int) -> None:
+    """record() stores a batch with one INSERT and reads each actor's open incidents and each
+    incident's subjects once: the outcome must be what recording the same findings one at a
+    time gives, including keys repeated in the batch and keys stored by an earlier batch."""
+    import random
+
+    rnd = random.Random(seed)
+    actors = ["kevin_helpdesk", "omar_sysadmin", "lena_accounts"]
+    severities = [Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
+    findings = [
+        finding(
+            T0 + timedelta(minutes=rnd.randrange(0, 300)),
+            actor=rnd.choice(actors),
+            offset=rnd.randrange(0, 60) * 100,  # repeats: the same key again
+            severity=rnd.choice(severities),
+            subjects=tuple(str(rnd.randrange(1000, 1012)) for _ in range(rnd.randrange(0, 3))),
+            rule="auth.failed_login" if rnd.random() < 0.3 else "ntk.departed_account",
+        )
+        for _ in range(120)
+    ]
+    findings.sort(key=lambda f: f.time)  # as a log gives them, mostly
+    earlier, batch = findings[:20], findings[20:]
+    states = []
+    for one_at_a_time in (False, True):
+        (tmp_path / str(one_at_a_time)).mkdir()
+        config = make_config(tmp_path / str(one_at_a_time))
+        db = make_db(config)
+        service = IncidentService(config)
+        with db.transaction() as session:
+            service.record(session, earlier, T0)
+        with db.transaction() as session:
+            if one_at_a_time:
+                for f in batch:
+                    service.record(session, [f], T0)
+            else:
+                service.record(session, batch, T0)
+        states.append(_core_state(db))
+    assert states[0] == states[1]
+    assert len(states[0][1]) > 1, "several incidents were formed"

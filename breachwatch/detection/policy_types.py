@@ -37,7 +37,10 @@ def duration_parser(units: str = "smhdy") -> Callable[[Any], Any]:
         if isinstance(value, str) and (match := pattern.fullmatch(value.strip())):
             amount, unit = match.groups()
             if int(amount) > 0:
-                return timedelta(seconds=int(amount) * _UNIT_SECONDS[unit])
+                try:
+                    return timedelta(seconds=int(amount) * _UNIT_SECONDS[unit])
+                except OverflowError:  # beyond timedelta's 999,999,999 days
+                    raise ValueError(message) from None
         raise ValueError(message)
 
     return parse

@@ -77,17 +77,26 @@ class IncidentService:
         locks.xact_lock(session, *{locks.actor(f.actor) for f in findings}, locks.CHAIN)
         touched: dict[int, Incident] = {}
         members: dict[int, list[int]] = {}
+        # One INSERT for the batch, and per actor and per incident one query for what the
+        # store holds (open incidents, subjects), kept up to date in memory for the rest of
+        # the batch: the locks above make this transaction their only writer. (A catch-up
+        # after downtime records thousands of findings a batch; one round trip each made
+        # the store the daemon's bottleneck.)
+        stored = insert_findings(session, findings, now)
+        open_by_actor: dict[str, list[Incident]] = {}
+        subjects_of: dict[int, set[str]] = {}
         for finding in findings:
-            row_id = insert_finding(session, finding, now)
+            row_id = stored.pop(finding.key, None)
             if row_id is None:
-                continue  # already recorded (before a restart, or by another process)
-            incident = self._open_incident_for(session, finding)
+                continue  # already recorded (before a restart, by another process, or above)
+            incident = self._open_incident_for(session, finding, open_by_actor)
             if incident is None and finding.severity.rank >= self._min.rank:
                 incident = self._open(session, finding, now, result)
+                open_by_actor[finding.actor].insert(0, incident)  # the newest first
             result.new_findings.append(finding)
             if incident is not None:
                 members.setdefault(incident.id, []).append(row_id)
-                self._attach(session, incident, finding, now)
+                self._attach(session, incident, finding, now, subjects_of)
                 touched[incident.id] = incident
         for incident_id, row_ids in members.items():
             session.execute(
@@ -101,17 +110,26 @@ class IncidentService:
             result.new_obligations.extend(self.refresh(session, incident, now))
         return result
 
-    def _open_incident_for(self, session: Session, finding: Finding) -> Incident | None:
-        return session.scalars(
-            select(Incident)
-            .where(
-                Incident.actor == finding.actor,
-                Incident.state.in_([s.value for s in OPEN_STATES]),
-                Incident.last_event_at >= finding.time - self._window,
+    def _open_incident_for(
+        self, session: Session, finding: Finding, open_by_actor: dict[str, list[Incident]]
+    ) -> Incident | None:
+        """The newest open incident of the finding's actor whose last event is within the
+        correlation window of the finding; ``open_by_actor`` holds each actor's open
+        incidents, newest first, once read."""
+        candidates = open_by_actor.get(finding.actor)
+        if candidates is None:
+            candidates = open_by_actor[finding.actor] = list(
+                session.scalars(
+                    select(Incident)
+                    .where(
+                        Incident.actor == finding.actor,
+                        Incident.state.in_([s.value for s in OPEN_STATES]),
+                    )
+                    .order_by(Incident.id.desc())
+                )
             )
-            .order_by(Incident.id.desc())
-            .limit(1)
-        ).first()
+        since = finding.time - self._window
+        return next((i for i in candidates if i.last_event_at >= since), None)
 
     def _open(
         self, session: Session, finding: Finding, now: datetime, result: RecordResult
@@ -130,7 +148,12 @@ class IncidentService:
         return incident
 
     def _attach(
-        self, session: Session, incident: Incident, finding: Finding, now: datetime
+        self,
+        session: Session,
+        incident: Incident,
+        finding: Finding,
+        now: datetime,
+        subjects_of: dict[int, set[str]],
     ) -> None:
         incident.last_event_at = max(incident.last_event_at, finding.time)
         incident.first_event_at = min(incident.first_event_at, finding.time)
@@ -147,7 +170,11 @@ class IncidentService:
                 new=finding.severity.value,
             )
             incident.severity = finding.severity.value
-        add_subjects(session, incident, finding.subjects, now)
+        if finding.subjects:
+            known = subjects_of.get(incident.id)
+            if known is None:
+                known = subjects_of[incident.id] = known_subjects(session, incident)
+            add_subjects(session, incident, finding.subjects, now, known)
 
     # ---- risk and obligations ----------------------------------------------------------
     def refresh(
@@ -330,15 +357,27 @@ def new_incident(
     return incident
 
 
-def add_subjects(
-    session: Session, incident: Incident, subjects: tuple[str, ...] | list[str], now: datetime
-) -> None:
-    known = set(
+def known_subjects(session: Session, incident: Incident) -> set[str]:
+    return set(
         session.scalars(
             select(IncidentSubject.subject).where(IncidentSubject.incident_id == incident.id)
         )
     )
+
+
+def add_subjects(
+    session: Session,
+    incident: Incident,
+    subjects: tuple[str, ...] | list[str],
+    now: datetime,
+    known: set[str] | None = None,
+) -> None:
+    """Add the subjects the incident does not have yet; ``known``: its subjects as the caller
+    already read them (updated here), else they are read."""
+    if known is None:
+        known = known_subjects(session, incident)
     new = sorted(set(subjects) - known)
+    known.update(new)
     for subject in new:
         session.add(IncidentSubject(incident_id=incident.id, subject=subject, first_seen_at=now))
     if not new:
@@ -564,6 +603,40 @@ def insert_finding(session: Session, finding: Finding, now: datetime) -> int | N
     session.add(row)
     session.flush()
     return row.id
+
+
+# Rows per INSERT: 15 columns each stay far below SQLite's and PostgreSQL's bound-parameter
+# limits (32,766 and 65,535).
+_INSERT_ROWS = 500
+
+
+def insert_findings(session: Session, findings: list[Finding], now: datetime) -> dict[str, int]:
+    """:func:`insert_finding` for many findings: key -> id of each row this call stored; a
+    key stored before (or twice in ``findings``) is stored once, or not at all."""
+    dialect = session.get_bind().dialect.name
+    by_key: dict[str, Finding] = {}
+    for finding in findings:
+        by_key.setdefault(finding.key, finding)  # a key's first finding, in their order
+    first = list(by_key.values())
+    stored: dict[str, int] = {}
+    if dialect not in ("postgresql", "sqlite"):
+        for finding in first:
+            row_id = insert_finding(session, finding, now)
+            if row_id is not None:
+                stored[finding.key] = row_id
+        return stored
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # One statement, compiled once; SQLAlchemy sends the rows as multi-row INSERTs
+    # ("insertmanyvalues") and gathers what each RETURNING gives.
+    statement = (
+        insert(FindingRow)
+        .on_conflict_do_nothing(index_elements=[FindingRow.key])
+        .returning(FindingRow.key, FindingRow.id)
+    )
+    for start in range(0, len(first), _INSERT_ROWS):
+        rows = [finding_values(f, now) for f in first[start : start + _INSERT_ROWS]]
+        stored.update((key, row_id) for key, row_id in session.execute(statement, rows))
+    return stored
 
 
 def finding_row(finding: Finding, incident: Incident | None, now: datetime) -> FindingRow:
