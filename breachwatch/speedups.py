@@ -36,17 +36,11 @@ def builder(cls: type) -> Any:
 # batch is done, so at 700 the collector ran several times per batch and walked every young
 # line each time (a sixth of the scan's time, measured with benchmarks/bench_pipeline.py).
 # Garbage cycles wait a little longer; there are few (the pipeline makes none per line).
+# (gc.freeze() of what is alive after startup was measured too: no difference within noise,
+# and a policy reload would leave the old pipeline's cycles frozen, so it is not done.)
 GC_THRESHOLDS = (50_000, 20, 10)
-_frozen = False
 
 
 def tune_gc() -> None:
-    """Collector settings for a long run over many lines (the daemon, ``scan``): the young
-    generation collected less often, and, once per process, everything alive at startup
-    (policy, SQL parser tables, caches) moved out of the collector's walks (``gc.freeze``)."""
-    global _frozen
-    if not _frozen:
-        gc.collect()
-        gc.freeze()
-        _frozen = True
+    """Collector settings for a long run over many lines (the daemon, ``scan``)."""
     gc.set_threshold(*GC_THRESHOLDS)
