@@ -17,6 +17,8 @@
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 #define MAX_FIELDS 32
+/* entries of a cache dict before it is cleared: pg_events._TEMPLATE_LIMIT's value */
+#define CACHE_LIMIT 8192
 
 /* The byte offset of a class's slot: its member descriptor says where the slot lives. */
 static Py_ssize_t
@@ -321,7 +323,7 @@ typedef struct {
     PyObject *no_refs, *row_actions, *action_read, *action_export;
 } Lane;
 
-static PyObject *s_none_text, *s_log, *s_empty_str, *s_empty_tuple, *s_empty_string,
+static PyObject *s_none_text, *s_log, *s_empty_str, *s_empty_tuple,
     *s_not_logged_tag, *s_plans;
 
 static void
@@ -528,17 +530,11 @@ split_line(PyObject *text, PyObject *split, PyObject *heads, PyObject *time_ok, 
     return PyObject_CallOneArg(split, text);
 }
 
-static PyObject *
-tuple_of_list(PyObject *list)
-{
-    return PyList_AsTuple(list);
-}
-
 static int
 emit_held(Lane *l, PyObject *out, PyObject *path, PyObject *held, PyObject *matches)
 {
-    PyObject *lines = tuple_of_list(held);
-    PyObject *ms = lines ? tuple_of_list(matches) : NULL;
+    PyObject *lines = PyList_AsTuple(held);
+    PyObject *ms = lines ? PyList_AsTuple(matches) : NULL;
     PyObject *record = NULL;
     if (ms != NULL) {
         PyObject *values[3] = {path, lines, ms};
@@ -930,7 +926,7 @@ audit_line(Lane *l, PyObject *record, PyObject *store, PyObject *enricher, PyObj
         if (length == NULL)
             goto done;
         PyObject *values[5] = {SLOT(record, l->rec_path), offset, SLOT(first, l->line_no),
-                               length, s_empty_string};
+                               length, s_empty_str};
         position = build((Builder *)l->position_builder, values);
         Py_DECREF(length);
         if (position == NULL)
@@ -1046,7 +1042,7 @@ audit_line(Lane *l, PyObject *record, PyObject *store, PyObject *enricher, PyObj
                 tags = event_tags(base_tags, stmt_id, substmt_id, logged == Py_True,
                                   record_tags);
                 if (tags != NULL) {
-                    if (PyDict_GET_SIZE(l->tag_cache) >= 8192)
+                    if (PyDict_GET_SIZE(l->tag_cache) >= CACHE_LIMIT)
                         PyDict_Clear(l->tag_cache);
                     if (PyDict_SetItem(l->tag_cache, tag_key, tags) < 0)
                         Py_CLEAR(tags);
@@ -1107,7 +1103,7 @@ audit_line(Lane *l, PyObject *record, PyObject *store, PyObject *enricher, PyObj
                 goto done;
             }
             if (cacheable) {
-                if (PyDict_GET_SIZE(l->no_param_fields) >= 8192)
+                if (PyDict_GET_SIZE(l->no_param_fields) >= CACHE_LIMIT)
                     PyDict_Clear(l->no_param_fields);
                 if (PyDict_SetItem(l->no_param_fields, tpl, fields) < 0)
                     goto done;
@@ -1214,8 +1210,7 @@ lane_run(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t count = 0;
     PyObject *newest = Py_NewRef(Py_None);
-    Py_ssize_t n = PyList_GET_SIZE(records);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records) && i < n; i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *record = Py_NewRef(PyList_GET_ITEM(records, i));
         PyObject *event = audit_line(l, record, store, enricher, time_cache, time_dict);
         if (event == NULL) {
@@ -1307,7 +1302,6 @@ PyInit__speedups(void)
     s_none_text = PyUnicode_InternFromString("<none>");
     s_log = PyUnicode_InternFromString("LOG");
     s_empty_str = PyUnicode_InternFromString("");
-    s_empty_string = s_empty_str;
     s_empty_tuple = PyTuple_New(0);
     s_not_logged_tag = PyUnicode_InternFromString("parameters_not_logged");
     s_plans = PyUnicode_InternFromString("_plans");

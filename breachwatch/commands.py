@@ -161,6 +161,7 @@ def finding_json(finding: Finding) -> dict[str, Any]:
 
 def scan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    tune_gc()
     found = 0
     rows: list[list[object]] = []
     for path in args.paths:
@@ -168,7 +169,6 @@ def scan(args: argparse.Namespace) -> int:
             raise ConfigError(str(path), "", "an existing log file")
         source = _source_for(config, path, args.format)
         pipeline = Pipeline(load_policy(config.policy))  # fresh windows per file
-        tune_gc()
         progress = _Progress(
             not args.no_progress and sys.stderr.isatty(), path.name, path.stat().st_size
         )

@@ -21,7 +21,7 @@ from breachwatch.detection.reference import Holder
 from breachwatch.detection.volume import DistinctSubjectsDetector, UnboundedReadDetector
 from breachwatch.errors import ParseFailure
 from breachwatch.events import AccessEvent
-from breachwatch.parsers.base import LogFormat, Record
+from breachwatch.parsers.base import LogFormat, Record, parse_and_detect_each
 from breachwatch.sql.enrich import EventEnricher, SqlEnricher
 
 
@@ -78,42 +78,27 @@ class Pipeline:
 
     def _process(self, records: Iterable[Record], fmt: LogFormat, store: str) -> BatchResult:
         result = BatchResult()
-        findings = result.findings
-        # A format that builds its events already enriched (pgaudit stderr) saves the second
-        # construction of each event; any other format's events are enriched here.
+        # A format that builds its events already enriched (pgaudit stderr) parses and
+        # detects the batch itself (in C when built), saving the second construction of each
+        # event; any other format's events are enriched here (evaluate).
         run = getattr(fmt, "parse_and_detect", None)
-        if run is not None:  # parsing and detection in one loop (in C for pgaudit stderr)
+        if run is not None:
             result.events, result.newest_event = run(
                 records if type(records) is list else list(records),
                 store,
                 self._enricher,
                 self.detect,
-                findings,
+                result.findings,
                 result.failures,
             )
-            return result
-        parse_enriched = getattr(fmt, "parse_enriched", None)
-        evaluate = self.evaluate if parse_enriched is None else self.detect
-        enricher = self._enricher
-        newest = None
-        events = 0
-        for record in records:
-            if parse_enriched is None:
-                parsed = fmt.parse(record, store)
-            else:
-                parsed = parse_enriched(record, store, enricher)
-            if isinstance(parsed, ParseFailure):
-                result.failures.append((record, parsed))
-                continue
-            for event in parsed:
-                events += 1
-                if newest is None or event.time > newest:
-                    newest = event.time
-                found = evaluate(event)
-                if found:
-                    findings.extend(found)
-        result.events = events
-        result.newest_event = newest
+        else:
+            result.events, result.newest_event = parse_and_detect_each(
+                lambda record: fmt.parse(record, store),
+                records,
+                self.evaluate,
+                result.findings,
+                result.failures,
+            )
         return result
 
     def evaluate(self, event: AccessEvent) -> list[Finding]:

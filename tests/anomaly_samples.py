@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -17,6 +18,7 @@ from breachwatch.parsers.registry import build_format
 from breachwatch.pipeline import Pipeline
 from breachwatch.sources.files import read_lines
 from tests.conftest import REPO, SAMPLES
+from tests.webhost_policy import write_webhost_policy
 
 DAYSHIFT = SAMPLES / "pgaudit_workload_dayshift"
 LOG = DAYSHIFT / "postgresql.log"
@@ -71,6 +73,23 @@ def run(pipeline: Pipeline, events: list[AccessEvent] | tuple[AccessEvent, ...])
     for event in events:
         found += pipeline.evaluate(event)
     return found
+
+
+def seen(findings: list[Finding]) -> list[tuple[str, str, tuple[str, ...], str]]:
+    """What two runs must agree on, finding for finding."""
+    return [(f.rule, f.key, f.subjects, f.explanation) for f in findings]
+
+
+# The policies the caches and plans are compared on: the shipped one, and the web host's
+# (tests/webhost_policy.py) with and without business hours.
+COMPARED_POLICIES = ["config", "webhost", "webhost-nohours"]
+
+
+def compared_policy(name: str, tmp_path: Path) -> Path:
+    """The policy file of one of COMPARED_POLICIES (written under ``tmp_path``)."""
+    if name == "config":
+        return REPO / "config" / "policy.yml"
+    return write_webhost_policy(tmp_path, DAYSHIFT, hours=name == "webhost")
 
 
 def ground_truth(gt_id: str) -> dict[str, Any]:

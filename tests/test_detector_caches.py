@@ -21,17 +21,22 @@ from breachwatch.detection.policy import StaffMember, load_policy
 from breachwatch.detection.suppression import Suppressor
 from breachwatch.events import AccessEvent, Action, SourcePosition
 from breachwatch.pipeline import Pipeline
-from tests.anomaly_samples import make_policy, raw_events, run, seeded, shifted
-from tests.conftest import REPO, SAMPLES
+from tests.anomaly_samples import (
+    COMPARED_POLICIES,
+    compared_policy,
+    make_policy,
+    raw_events,
+    run,
+    seeded,
+    seen,
+    shifted,
+)
+from tests.conftest import SAMPLES
 from tests.webhost_policy import write_webhost_policy
 
 pytestmark = pytest.mark.usefixtures("samples_dir")
 
 DAYSHIFT = SAMPLES / "pgaudit_workload_dayshift"
-
-
-def _seen(findings: list[Finding]) -> list[tuple[str, str, tuple[str, ...], str]]:
-    return [(f.rule, f.key, f.subjects, f.explanation) for f in findings]
 
 
 def _lena_reads_bills(time: datetime) -> AccessEvent:
@@ -49,19 +54,16 @@ def _lena_reads_bills(time: datetime) -> AccessEvent:
     )
 
 
-@pytest.mark.parametrize("policy_name", ["config", "webhost", "webhost-nohours"])
+@pytest.mark.parametrize("policy_name", COMPARED_POLICIES)
 def test_condition_plans_give_the_findings_of_the_full_path(
     policy_name: str, tmp_path: Path
 ) -> None:
-    if policy_name == "config":
-        path = REPO / "config" / "policy.yml"
-    else:
-        path = write_webhost_policy(tmp_path, DAYSHIFT, hours=policy_name == "webhost")
+    path = compared_policy(policy_name, tmp_path)
     planned, full = Pipeline(load_policy(path)), Pipeline(load_policy(path))
     full._conditions.use_plans = False
     events = raw_events()
     with_plans, without = run(planned, events), run(full, events)
-    assert _seen(with_plans) == _seen(without)
+    assert seen(with_plans) == seen(without)
     assert [f for f in without if f.rule.startswith(("ntk.", "gdpr.", "privileged."))]
     # The plans did serve events: a quiet key exists (else this would compare nothing).
     assert any(planned._conditions._plans.values())
@@ -123,7 +125,7 @@ def test_baseline_bounds_give_the_findings_of_checking_every_event() -> None:
 
     slow._bounds = check_all  # type: ignore[method-assign]
     fast, full = run(bounded, events), run(checked, events)
-    assert _seen(fast) == _seen(full)
+    assert seen(fast) == seen(full)
     assert [f for f in full if f.rule.startswith("baseline.")]
 
 
@@ -185,7 +187,7 @@ def test_pipeline_detect_is_the_back_half_of_evaluate() -> None:
         actor = halves._view.resolve_actor(event.actor)
         person = actor.person if isinstance(actor, StaffMember) else event.person
         split += halves.detect(halves._sql.enrich(event, person))
-    assert _seen(found) == _seen(split) and found
+    assert seen(found) == seen(split) and found
     assert list(whole.detectors()) == [
         "need_to_know",
         "unbounded",

@@ -12,15 +12,9 @@ from breachwatch.detection.findings import Finding
 from breachwatch.detection.policy import StaffMember, load_policy
 from breachwatch.events import AccessEvent
 from breachwatch.pipeline import Pipeline
-from tests.anomaly_samples import DAYSHIFT, raw_events, run, shifted
-from tests.conftest import REPO
-from tests.webhost_policy import write_webhost_policy
+from tests.anomaly_samples import COMPARED_POLICIES, compared_policy, raw_events, run, seen, shifted
 
 pytestmark = pytest.mark.usefixtures("samples_dir")
-
-
-def _seen(findings: list[Finding]) -> list[tuple[str, str, tuple[str, ...], str]]:
-    return [(f.rule, f.key, f.subjects, f.explanation) for f in findings]
 
 
 def _every_detector(pipeline: Pipeline, events: list[AccessEvent]) -> list[Finding]:
@@ -36,19 +30,16 @@ def _every_detector(pipeline: Pipeline, events: list[AccessEvent]) -> list[Findi
     return found
 
 
-@pytest.mark.parametrize("policy_name", ["config", "webhost", "webhost-nohours"])
+@pytest.mark.parametrize("policy_name", COMPARED_POLICIES)
 def test_skipping_detectors_changes_no_finding_and_no_state(
     policy_name: str, tmp_path: Path
 ) -> None:
-    if policy_name == "config":
-        path = REPO / "config" / "policy.yml"
-    else:
-        path = write_webhost_policy(tmp_path, DAYSHIFT, hours=policy_name == "webhost")
+    path = compared_policy(policy_name, tmp_path)
     # Two days, so that windows close and profiles carry over.
     events = [*shifted(raw_events(), 1), *raw_events()]
     planned, full = Pipeline(load_policy(path)), Pipeline(load_policy(path))
     with_plans, without = run(planned, events), _every_detector(full, events)
-    assert _seen(with_plans) == _seen(without) and without
+    assert seen(with_plans) == seen(without) and without
     assert planned.snapshot() == full.snapshot()
     # The plans did skip detectors (else this would compare nothing) and did not skip all.
     plans = list(planned._plans.values())

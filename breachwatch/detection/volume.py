@@ -314,19 +314,7 @@ class UnboundedReadDetector:
         self._plans: dict[tuple[Any, ...], _Plan | None] = {}
 
     def __call__(self, event: AccessEvent) -> list[Finding]:
-        action = event.action
-        if action is _EXPORT:
-            rule = "anomaly.export"
-        elif action is _READ and event.unbounded and self._reads:
-            rule = "anomaly.unbounded_read"
-        else:
-            return []
-        actor = event.actor
-        person = self._persons.get(actor, event.person)  # PolicyView.person_of, inlined
-        key = (rule, actor, person, event.store, event.objects, event.unbounded)
-        plan = self._plans.get(key, _UNPLANNED)
-        if plan is _UNPLANNED:
-            plan = self._plan(key, event)
+        plan, person = self._lookup(event)
         if plan is None:
             return []
         rule, severity, controls, personal, text, categories = plan
@@ -336,7 +324,7 @@ class UnboundedReadDetector:
                 rule,
                 severity,
                 event.time,
-                actor,
+                event.actor,
                 event.store,
                 text,
                 controls,
@@ -352,17 +340,24 @@ class UnboundedReadDetector:
         """True when every event that agrees with ``event`` on action, unbounded, actor,
         person, store and objects raises nothing (the detector keeps no state), so a caller
         may skip it."""
+        return self._lookup(event)[0] is None
+
+    def _lookup(self, event: AccessEvent) -> tuple[_Plan | None, str | None]:
+        """(the plan of the event's key, None when nothing is said; the actor's person)."""
         action = event.action
         if action is _EXPORT:
             rule = "anomaly.export"
         elif action is _READ and event.unbounded and self._reads:
             rule = "anomaly.unbounded_read"
         else:
-            return True
-        person = self._persons.get(event.actor, event.person)
-        key = (rule, event.actor, person, event.store, event.objects, event.unbounded)
+            return None, None
+        actor = event.actor
+        person = self._persons.get(actor, event.person)  # PolicyView.person_of, inlined
+        key = (rule, actor, person, event.store, event.objects, event.unbounded)
         plan = self._plans.get(key, _UNPLANNED)
-        return (self._plan(key, event) if plan is _UNPLANNED else plan) is None
+        if plan is _UNPLANNED:
+            plan = self._plan(key, event)
+        return plan, person
 
     def _plan(self, key: tuple[Any, ...], event: AccessEvent) -> _Plan | None:
         """The plan of ``key`` (rule, actor, person, store, objects, unbounded), cached."""

@@ -584,46 +584,32 @@ def fit_key(key: str, limit: int = 255) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def insert_finding(session: Session, finding: Finding, now: datetime) -> int | None:
-    """INSERT … ON CONFLICT (key) DO NOTHING: the new row's id, or None when a finding with
-    this key is already stored (by an earlier batch, or by another process meanwhile)."""
-    values = finding_values(finding, now)
-    dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        return session.scalar(
-            insert(FindingRow)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=[FindingRow.key])
-            .returning(FindingRow.id)
-        )
-    if session.scalar(select(FindingRow.id).where(FindingRow.key == finding.key)) is not None:
-        return None
-    row = FindingRow(**values)
-    session.add(row)
-    session.flush()
-    return row.id
-
-
 # Rows per INSERT: 15 columns each stay far below SQLite's and PostgreSQL's bound-parameter
 # limits (32,766 and 65,535).
 _INSERT_ROWS = 500
 
 
 def insert_findings(session: Session, findings: list[Finding], now: datetime) -> dict[str, int]:
-    """:func:`insert_finding` for many findings: key -> id of each row this call stored; a
-    key stored before (or twice in ``findings``) is stored once, or not at all."""
+    """INSERT … ON CONFLICT (key) DO NOTHING for each finding: key -> id of each row this
+    call stored; a key already stored (by an earlier batch, or by another process meanwhile)
+    is not stored again, and a key twice in ``findings`` is stored once."""
     dialect = session.get_bind().dialect.name
     by_key: dict[str, Finding] = {}
     for finding in findings:
         by_key.setdefault(finding.key, finding)  # a key's first finding, in their order
     first = list(by_key.values())
     stored: dict[str, int] = {}
-    if dialect not in ("postgresql", "sqlite"):
+    if dialect not in ("postgresql", "sqlite"):  # no ON CONFLICT: look first
         for finding in first:
-            row_id = insert_finding(session, finding, now)
-            if row_id is not None:
-                stored[finding.key] = row_id
+            if (
+                session.scalar(select(FindingRow.id).where(FindingRow.key == finding.key))
+                is not None
+            ):
+                continue
+            row = FindingRow(**finding_values(finding, now))
+            session.add(row)
+            session.flush()
+            stored[finding.key] = row.id
         return stored
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # One statement, compiled once; SQLAlchemy sends the rows as multi-row INSERTs

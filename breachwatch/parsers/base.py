@@ -11,9 +11,10 @@ end of the last line read, is the position that may be committed as done.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from breachwatch.errors import ParseFailure
 from breachwatch.events import AccessEvent, fast_init
@@ -88,6 +89,36 @@ class LogFormat(Protocol):
     def new_framer(self, path: str) -> Framer: ...
 
     def parse(self, record: Record, store: str) -> ParseResult: ...
+
+
+_Found = TypeVar("_Found")
+
+
+def parse_and_detect_each(
+    parse: Callable[[Record], ParseResult],
+    records: Iterable[Record],
+    detect: Callable[[AccessEvent], list[_Found]],
+    found: list[_Found],
+    failures: list[tuple[Record, ParseFailure]],
+) -> tuple[int, datetime | None]:
+    """Each record parsed and its events passed to ``detect`` at once, in order: (events,
+    newest event time); what ``detect`` returns is appended to ``found``, a record that does
+    not parse to ``failures`` with its failure. The pipeline's loop over a batch."""
+    events = 0
+    newest: datetime | None = None
+    for record in records:
+        parsed = parse(record)
+        if isinstance(parsed, ParseFailure):
+            failures.append((record, parsed))
+            continue
+        for event in parsed:
+            events += 1
+            if newest is None or event.time > newest:
+                newest = event.time
+            more = detect(event)
+            if more:
+                found.extend(more)
+    return events, newest
 
 
 def push_lines(framer: Framer, lines: Sequence[Line]) -> list[Record]:

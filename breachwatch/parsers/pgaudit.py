@@ -19,7 +19,7 @@ from breachwatch.detection.findings import Finding
 from breachwatch.errors import ParseFailure
 from breachwatch.events import AccessEvent, Action, SourcePosition, fast_init
 from breachwatch.parsers import pg_events
-from breachwatch.parsers.base import Line, ParseResult, Record
+from breachwatch.parsers.base import Line, ParseResult, Record, parse_and_detect_each
 from breachwatch.parsers.pg_events import (
     PgRecordInfo,
     TimeCache,
@@ -144,8 +144,9 @@ class _MatchedRecord(Record):
 
 
 def _new_lane(audit_line_py: Any) -> Any:
-    """The C twin of :meth:`PgStderrFramer._push_many` and of
-    :meth:`PgauditStderrFormat._audit_line_py` (with an enricher), or None without it."""
+    """The C twin of :meth:`PgStderrFramer._push_many_py`, of
+    :meth:`PgauditStderrFormat._audit_line_py` (with an enricher) and of
+    :meth:`PgauditStderrFormat._parse_and_detect_py`, or None without the C module."""
     if native is None:
         return None
     return native.Lane(
@@ -330,18 +331,12 @@ class PgauditStderrFormat:
     def parse_enriched(self, record: Record, store: str, enricher: EventEnricher) -> ParseResult:
         """:meth:`parse` with every event passed through ``enricher.enrich``; the usual record,
         one clean AUDIT line, is built once, already enriched, instead of twice."""
-        lane = self._lane
-        if lane is None:
-            return self._parse_enriched_py(record, store, enricher)
-        try:
-            event = lane.audit_line(record, store, enricher, self._time, self._time._cache)
-            if event is not None:
-                return [event]
-            events = self._general(record, store)
-        except ParseFailure as failure:
-            return failure
-        enrich = enricher.enrich
-        return [enrich(e) for e in events]
+        return self._parse_enriched_with(
+            self._audit_line_py if self._lane is None else self._audit_line_c,
+            record,
+            store,
+            enricher,
+        )
 
     def parse_and_detect(
         self,
@@ -381,28 +376,31 @@ class PgauditStderrFormat:
         failures: list[tuple[Record, ParseFailure]],
     ) -> tuple[int, datetime | None]:
         """:meth:`parse_and_detect` in Python: the definition of what the C twin does."""
-        events = 0
-        newest: datetime | None = None
-        for record in records:
-            parsed = self._parse_enriched_py(record, store, enricher)
-            if isinstance(parsed, ParseFailure):
-                failures.append((record, parsed))
-                continue
-            for event in parsed:
-                events += 1
-                if newest is None or event.time > newest:
-                    newest = event.time
-                found = detect(event)
-                if found:
-                    findings.extend(found)
-        return events, newest
+        return parse_and_detect_each(
+            lambda record: self._parse_enriched_py(record, store, enricher),
+            records,
+            detect,
+            findings,
+            failures,
+        )
 
     def _parse_enriched_py(
         self, record: Record, store: str, enricher: EventEnricher
     ) -> ParseResult:
         """:meth:`parse_enriched` in Python: the definition of what the C twin does."""
+        return self._parse_enriched_with(self._audit_line_py, record, store, enricher)
+
+    def _parse_enriched_with(
+        self,
+        audit_line: Callable[[Record, str, EventEnricher], AccessEvent | None],
+        record: Record,
+        store: str,
+        enricher: EventEnricher,
+    ) -> ParseResult:
+        """The event of a clean AUDIT line from ``audit_line``, else the general parse of the
+        record, each event enriched."""
         try:
-            event = self._audit_line_py(record, store, enricher)
+            event = audit_line(record, store, enricher)
             if event is not None:
                 return [event]
             events = self._general(record, store)
@@ -410,6 +408,15 @@ class PgauditStderrFormat:
             return failure
         enrich = enricher.enrich
         return [enrich(e) for e in events]
+
+    def _audit_line_c(
+        self, record: Record, store: str, enricher: EventEnricher
+    ) -> AccessEvent | None:
+        """:meth:`_audit_line_py` with an enricher, by the C twin."""
+        event: AccessEvent | None = self._lane.audit_line(
+            record, store, enricher, self._time, self._time._cache
+        )
+        return event
 
     def _audit_line_py(
         self, record: Record, store: str, enricher: EventEnricher | None
